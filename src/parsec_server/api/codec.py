@@ -1,0 +1,162 @@
+"""msgpack codec of the Parsec protocol.
+
+The wire has two extension types: 1 = timestamp (big-endian float64 seconds since the
+epoch, UTC) and 2 = UUID (16 raw bytes). msgspec writes `datetime` and `uuid.UUID` in
+other forms, so both get their own small classes here, encoded by `enc_hook` and decoded
+by `ext_hook`.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+_FLOAT64 = struct.Struct(">d")
+_EXT_DATETIME = 1
+_EXT_UUID = 2
+
+T = TypeVar("T")
+
+
+class CodecError(Exception):
+    """The bytes are not a valid protocol msgpack value."""
+
+
+class DateTime:
+    """A UTC instant with microsecond precision (wire: ext type 1)."""
+
+    __slots__ = ("_dt",)
+
+    def __init__(self, dt: datetime) -> None:
+        if dt.tzinfo is None:
+            raise ValueError("DateTime needs an aware datetime")
+        self._dt = dt.astimezone(UTC)
+
+    @classmethod
+    def now(cls) -> DateTime:
+        return cls(datetime.now(UTC))
+
+    @classmethod
+    def from_timestamp(cls, ts: float) -> DateTime:
+        return cls(datetime.fromtimestamp(ts, UTC))
+
+    @property
+    def dt(self) -> datetime:
+        return self._dt
+
+    def timestamp(self) -> float:
+        return self._dt.timestamp()
+
+    def add(self, seconds: float) -> DateTime:
+        return DateTime.from_timestamp(self._dt.timestamp() + seconds)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DateTime) and self._dt == other._dt
+
+    def __lt__(self, other: DateTime) -> bool:
+        return self._dt < other._dt
+
+    def __le__(self, other: DateTime) -> bool:
+        return self._dt <= other._dt
+
+    def __gt__(self, other: DateTime) -> bool:
+        return self._dt > other._dt
+
+    def __ge__(self, other: DateTime) -> bool:
+        return self._dt >= other._dt
+
+    def __hash__(self) -> int:
+        return hash(self._dt)
+
+    def __repr__(self) -> str:
+        return f"DateTime({self._dt.isoformat()})"
+
+    def isoformat(self) -> str:
+        return self._dt.isoformat()
+
+
+class ID:
+    """A UUID as the protocol carries it (wire: ext type 2)."""
+
+    __slots__ = ("_uuid",)
+
+    def __init__(self, value: uuid.UUID) -> None:
+        self._uuid = value
+
+    @classmethod
+    def new(cls) -> ID:
+        return cls(uuid.uuid4())
+
+    @classmethod
+    def from_hex(cls, text: str) -> ID:
+        return cls(uuid.UUID(text))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ID:
+        return cls(uuid.UUID(bytes=raw))
+
+    @property
+    def uuid(self) -> uuid.UUID:
+        return self._uuid
+
+    @property
+    def hex(self) -> str:
+        return self._uuid.hex
+
+    @property
+    def bytes(self) -> bytes:
+        return self._uuid.bytes
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ID) and self._uuid == other._uuid
+
+    def __hash__(self) -> int:
+        return hash(self._uuid)
+
+    def __repr__(self) -> str:
+        return f"ID({self._uuid})"
+
+    def __str__(self) -> str:
+        return str(self._uuid)
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, DateTime):
+        return msgspec.msgpack.Ext(_EXT_DATETIME, _FLOAT64.pack(obj.timestamp()))
+    if isinstance(obj, ID):
+        return msgspec.msgpack.Ext(_EXT_UUID, obj.bytes)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def ext_hook(code: int, data: memoryview) -> Any:
+    if code == _EXT_DATETIME:
+        if len(data) != 8:
+            raise ValueError("timestamp extension must be 8 bytes")
+        return DateTime.from_timestamp(_FLOAT64.unpack(data)[0])
+    if code == _EXT_UUID:
+        if len(data) != 16:
+            raise ValueError("UUID extension must be 16 bytes")
+        return ID(uuid.UUID(bytes=bytes(data)))
+    return msgspec.msgpack.Ext(code, bytes(data))
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_any_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(ext_hook=ext_hook)
+
+encode = _encoder.encode
+
+
+def decoder(type_: type[T]) -> msgspec.msgpack.Decoder[T]:
+    """A decoder validating against `type_` (build once, reuse per message)."""
+    return msgspec.msgpack.Decoder(type_, ext_hook=ext_hook)
+
+
+def decode_any(raw: bytes) -> Any:
+    try:
+        return _any_decoder.decode(raw)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise CodecError(str(exc)) from exc

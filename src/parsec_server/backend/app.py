@@ -1,0 +1,136 @@
+"""The server's application object: configuration, storage components, event bus,
+connections and the command tables. Everything with a lifetime is owned here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from parsec_server.api.protocol import events as events_proto
+from parsec_server.api.protocol import organization as org_proto
+from parsec_server.api.protocol import ping as ping_proto
+from parsec_server.api.protocol import user as user_proto
+from parsec_server.backend.client_context import (
+    AdministrationClientContext,
+    AnonymousClientContext,
+    AuthenticatedClientContext,
+    ClientContext,
+    InvitedClientContext,
+)
+from parsec_server.backend.config import BackendConfig
+from parsec_server.backend.connections import ConnectionRegistry
+from parsec_server.backend.dispatch import Command, CommandTable
+from parsec_server.backend.events import EventBus
+from parsec_server.backend.invite import InviteComponent
+from parsec_server.backend.organization import BaseOrganizationComponent
+from parsec_server.backend.ping import EventsComponent, PingComponent
+from parsec_server.backend.storage.components import StorageComponents
+from parsec_server.backend.user import BaseUserComponent, refuse_outsider, require_admin
+
+
+@dataclass
+class BackendApp:
+    config: BackendConfig
+    event_bus: EventBus
+    organization: BaseOrganizationComponent
+    user: BaseUserComponent
+    invite: InviteComponent
+    ping: PingComponent
+    events: EventsComponent
+    connections: ConnectionRegistry
+
+    def __post_init__(self) -> None:
+        self.event_bus.connect(self.connections.dispatch)
+        self._tables = _build_command_tables(self)
+
+    def command_table_for(self, client: ClientContext) -> CommandTable:
+        if isinstance(client, AuthenticatedClientContext):
+            return self._tables["authenticated_v2" if client.api_major == 2 else "authenticated_v1"]
+        if isinstance(client, InvitedClientContext):
+            return self._tables["invited"]
+        if isinstance(client, AnonymousClientContext):
+            return self._tables["anonymous"]
+        assert isinstance(client, AdministrationClientContext)
+        return self._tables["administration"]
+
+    async def on_client_connected(self, client: ClientContext) -> None:
+        pass
+
+    async def on_client_disconnected(self, client: ClientContext) -> None:
+        pass
+
+
+def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
+    ping = Command(ping_proto.PingReq, app.ping.api_ping)
+    shared_authenticated = [
+        ping,
+        Command(events_proto.EventsSubscribeReq, app.events.api_events_subscribe),
+        Command(events_proto.EventsListenReq, app.events.api_events_listen, breathing=True),
+        Command(user_proto.UserGetReq, app.user.api_user_get),
+        Command(user_proto.UserRevokeReq, app.user.api_user_revoke, precheck=require_admin),
+        Command(user_proto.HumanFindReq, app.user.api_human_find, precheck=refuse_outsider),
+    ]
+    authenticated_v2 = [
+        *shared_authenticated,
+        Command(user_proto.UserCreateReq, app.user.api_user_create, precheck=require_admin),
+        Command(user_proto.DeviceCreateReq, app.user.api_device_create),
+    ]
+    authenticated_v1 = [
+        *shared_authenticated,
+        Command(user_proto.APIV1UserCreateReq, app.user.apiv1_user_create, precheck=require_admin),
+        Command(user_proto.APIV1DeviceCreateReq, app.user.apiv1_device_create),
+        Command(user_proto.APIV1UserFindReq, app.user.apiv1_user_find, precheck=refuse_outsider),
+    ]
+    anonymous = [
+        ping,
+        Command(org_proto.OrganizationBootstrapReq, app.organization.api_organization_bootstrap),
+    ]
+    administration = [
+        ping,
+        Command(org_proto.OrganizationCreateReq, app.organization.api_organization_create),
+        Command(org_proto.OrganizationStatusReq, app.organization.api_organization_status),
+        Command(org_proto.OrganizationStatsReq, app.organization.api_organization_stats),
+        Command(org_proto.OrganizationUpdateReq, app.organization.api_organization_update),
+    ]
+    invited = [ping]
+    return {
+        "authenticated_v2": CommandTable(authenticated_v2),
+        "authenticated_v1": CommandTable(authenticated_v1),
+        "invited": CommandTable(invited),
+        "anonymous": CommandTable(anonymous),
+        "administration": CommandTable(administration),
+    }
+
+
+@contextlib.asynccontextmanager
+async def backend_app_factory(config: BackendConfig) -> AsyncIterator[BackendApp]:
+    """Build the app on the configured storage; raises StartupError before yielding if
+    the database cannot be used."""
+    if config.db_type == "MOCKED":
+        from parsec_server.backend.storage.memory.factory import memory_components
+
+        async with memory_components(config) as components:
+            yield _assemble(config, components)
+    else:
+        from parsec_server.backend.storage.postgresql.factory import postgresql_components
+
+        async with postgresql_components(config) as components:
+            yield _assemble(config, components)
+
+
+def _assemble(config: BackendConfig, components: StorageComponents) -> BackendApp:
+    async def no_realms(organization_id: str, user_id: str) -> set[object]:
+        return set()
+
+    return BackendApp(
+        config=config,
+        event_bus=components.event_bus,
+        organization=components.organization,
+        user=components.user,
+        invite=InviteComponent(components.organization, components.event_bus),
+        ping=PingComponent(components.event_bus),
+        events=EventsComponent(no_realms),
+        connections=ConnectionRegistry(),
+    )

@@ -1,0 +1,57 @@
+"""The ASGI entry: websocket connections run the protocol, plain HTTP requests get the
+small router of http_routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from parsec_server.backend.app import BackendApp
+from parsec_server.backend.connection import ClientConnection
+from parsec_server.backend.http_routes import route_http
+from parsec_server.backend.transport import AsgiWebSocket
+
+logger = structlog.get_logger("parsec.asgi")
+
+
+class BackendASGIApp:
+    def __init__(self, backend: BackendApp) -> None:
+        self.backend = backend
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            ws = AsgiWebSocket(receive, send)
+            if await ws.accept():
+                await ClientConnection(self.backend, ws).serve()
+        elif kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Any, send: Any) -> None:
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf8")
+        response = route_http(
+            scope["method"],
+            raw_path.decode("latin-1"),
+            scope["query_string"].decode("latin-1"),
+            self.backend.config.backend_addr,
+            self.backend.config.debug,
+        )
+        # One request per connection, as the reference.
+        headers = [*response.headers, (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    # The backend is built before the server starts listening (server.py), so that a
+    # start-up failure never leaves a listening socket; nothing to do here.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,54 @@
+"""What a connection knows about its peer once the handshake succeeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from parsec_server.api.ids import HumanHandle, UserProfile
+from parsec_server.backend.client_events import ClientEvents
+
+
+class HandshakeType(str, Enum):
+    AUTHENTICATED = "AUTHENTICATED"
+    INVITED = "INVITED"
+    APIV1_AUTHENTICATED = "authenticated"
+    APIV1_ANONYMOUS = "anonymous"
+    APIV1_ADMINISTRATION = "administration"
+
+
+@dataclass(slots=True)
+class AuthenticatedClientContext:
+    organization_id: str
+    device_id: str
+    user_id: str
+    profile: UserProfile
+    human_handle: HumanHandle | None
+    verify_key: bytes
+    api_major: int
+    events: ClientEvents = field(default_factory=ClientEvents)
+
+
+@dataclass(slots=True)
+class InvitedClientContext:
+    organization_id: str
+    token: object  # the invitation token (codec.ID); invitation details come with issue 3
+    greeter_user_id: str
+
+
+@dataclass(slots=True)
+class AnonymousClientContext:
+    organization_id: str
+
+
+@dataclass(slots=True)
+class AdministrationClientContext:
+    pass
+
+
+ClientContext = (
+    AuthenticatedClientContext
+    | InvitedClientContext
+    | AnonymousClientContext
+    | AdministrationClientContext
+)

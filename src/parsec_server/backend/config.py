@@ -1,0 +1,126 @@
+"""The server's configuration: one immutable object built by the CLI from options and
+`PARSEC_*` variables, read by everything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from parsec_server.api.addr import BackendAddr
+
+
+@dataclass(frozen=True, slots=True)
+class MockedBlockstoreConfig:
+    type_name: Literal["MOCKED"] = "MOCKED"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgreSQLBlockstoreConfig:
+    type_name: Literal["POSTGRESQL"] = "POSTGRESQL"
+
+
+@dataclass(frozen=True, slots=True)
+class S3BlockstoreConfig:
+    endpoint_url: str | None  # None: the AWS endpoint of the region
+    region: str
+    bucket: str
+    key: str
+    secret: str = field(repr=False)
+    type_name: Literal["S3"] = "S3"
+
+
+@dataclass(frozen=True, slots=True)
+class SwiftBlockstoreConfig:
+    auth_url: str
+    tenant: str
+    container: str
+    user: str
+    password: str = field(repr=False)
+    type_name: Literal["SWIFT"] = "SWIFT"
+
+
+SingleBlockstoreConfig = (
+    MockedBlockstoreConfig | PostgreSQLBlockstoreConfig | S3BlockstoreConfig | SwiftBlockstoreConfig
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RaidBlockstoreConfig:
+    mode: Literal["RAID0", "RAID1", "RAID5"]
+    nodes: tuple[SingleBlockstoreConfig, ...]  # in node index order
+
+    @property
+    def type_name(self) -> str:
+        return self.mode
+
+
+BlockstoreConfig = SingleBlockstoreConfig | RaidBlockstoreConfig
+
+
+@dataclass(frozen=True, slots=True)
+class MockedEmailConfig:
+    sender: str
+    tmpdir: Path
+
+    def describe(self) -> str:
+        return f"MockedEmailConfig(sender={self.sender}, tmpdir={self.tmpdir})"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpEmailConfig:
+    host: str
+    port: int
+    sender: str
+    host_user: str | None
+    host_password: str | None = field(repr=False)
+    use_ssl: bool  # implicit TLS from the first byte
+    use_tls: bool  # STARTTLS
+
+    def describe(self) -> str:
+        return (
+            f"SmtpEmailConfig(sender={self.sender}, host={self.host}, port={self.port}, "
+            f"use_ssl={self.use_ssl})"
+        )
+
+
+EmailConfig = MockedEmailConfig | SmtpEmailConfig
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    db_url: str  # "MOCKED" or a postgresql:// URL
+    blockstore: BlockstoreConfig
+    administration_token: str = field(repr=False)
+    backend_addr: BackendAddr
+    email: EmailConfig
+    host: str = "127.0.0.1"
+    port: int = 6777
+    db_min_connections: int = 5
+    db_max_connections: int = 7
+    db_first_tries_number: int = 1  # 0: try forever
+    db_first_tries_sleep: float = 1.0
+    spontaneous_organization_bootstrap: bool = False
+    organization_bootstrap_webhook: str | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    debug: bool = False
+    workers: int = 1
+    sentry_url: str | None = None  # accepted for compatibility; Sentry is not supported
+
+    @property
+    def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:
+        return "MOCKED" if self.db_url == "MOCKED" else "POSTGRESQL"
+
+    def startup_line(self) -> str:
+        return (
+            f"Starting Parsec Backend on {self.host}:{self.port} (db={self.db_type} "
+            f"blockstore={self.blockstore.type_name} backend_addr={self.backend_addr.to_url()} "
+            f"email_config={self.email.describe()})"
+        )
+
+
+class StartupError(Exception):
+    """A problem that stops the server before it listens (bad setting, unreachable or
+    unmigrated database, unusable blockstore). Its message is shown to the operator as
+    `Error: <message>`."""

@@ -1,0 +1,187 @@
+"""One websocket connection: handshake, then the command loop.
+
+Requests are processed one at a time, in order. A breathing command (events_listen)
+runs while the socket keeps being read: a new request abandons it without reply.
+A connection can also be closed from outside (its user revoked, its organization
+expired), which abandons whatever it is doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from parsec_server.api import codec
+from parsec_server.api.crypto import random_challenge
+from parsec_server.api.handshake import challenge_frame
+from parsec_server.api.protocol.base import Rep
+from parsec_server.backend.client_context import (
+    AuthenticatedClientContext,
+    ClientContext,
+    InvitedClientContext,
+)
+from parsec_server.backend.dispatch import (
+    INVALID_MSG_FORMAT,
+    Command,
+    CommandTable,
+    InvalidMessageFormat,
+)
+from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
+from parsec_server.backend.handshake import do_handshake
+from parsec_server.backend.transport import TEXT_FRAME, AsgiWebSocket, WebSocketClosed
+
+if TYPE_CHECKING:
+    from parsec_server.api.protocol.base import Req
+    from parsec_server.backend.app import BackendApp
+
+logger = structlog.get_logger("parsec.connection")
+
+
+class ClientConnection:
+    def __init__(self, app: BackendApp, ws: AsgiWebSocket) -> None:
+        self._app = app
+        self._ws = ws
+        self.client: ClientContext | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._close_requested = False
+
+    # Called by the connection registry for every event of the connection's organization.
+    def on_event(self, event: Event) -> None:
+        client = self.client
+        if isinstance(client, AuthenticatedClientContext):
+            if isinstance(event, OrganizationExpiredEvent) or (
+                isinstance(event, UserRevokedEvent) and event.user_id == client.user_id
+            ):
+                self.request_close()
+                return
+            client.events.on_event(client, event)
+        elif isinstance(client, InvitedClientContext):
+            if self._app.invite.closes_invited_connection(client, event):
+                self.request_close()
+
+    def request_close(self) -> None:
+        if self._task is not None and not self._close_requested:
+            self._close_requested = True
+            self._task.cancel()
+
+    async def serve(self) -> None:
+        self._task = asyncio.current_task()
+        try:
+            await self._serve()
+        except WebSocketClosed:
+            pass
+        except asyncio.CancelledError:
+            if not self._close_requested:
+                raise
+            assert self._task is not None
+            self._task.uncancel()
+            await self._ws.close(1000)
+        except Exception:
+            # A bug or an infrastructure failure (database down...): this connection ends,
+            # the server goes on serving the others.
+            logger.exception("connection failed", client=repr(self.client))
+            await self._ws.close(1011)
+        finally:
+            if self.client is not None:
+                self._app.connections.unregister(self)
+                await self._app.on_client_disconnected(self.client)
+
+    async def _serve(self) -> None:
+        challenge = random_challenge()
+        await self._ws.send(challenge_frame(challenge))
+        raw = await self._ws.receive()
+        if raw is TEXT_FRAME:
+            await self._reply_invalid_format_and_close()
+            return
+        assert isinstance(raw, bytes)
+        outcome = await do_handshake(self._app, challenge, raw)
+        await self._ws.send(outcome.frame)
+        if outcome.client is None:
+            await self._ws.close(1000)
+            return
+        self.client = outcome.client
+        self._app.connections.register(self, _organization_of(outcome.client))
+        await self._app.on_client_connected(outcome.client)
+        await self._command_loop(self._app.command_table_for(outcome.client), outcome.client)
+
+    async def _command_loop(self, table: CommandTable, client: ClientContext) -> None:
+        next_frame: bytes | None = None
+        while True:
+            frame = next_frame if next_frame is not None else await self._receive_binary()
+            next_frame = None
+            if frame is None:
+                return
+            try:
+                parsed = table.parse(frame, client)
+            except InvalidMessageFormat:
+                await self._reply_invalid_format_and_close()
+                return
+            if isinstance(parsed, dict):
+                await self._ws.send(codec.encode(parsed))
+                continue
+            command, req = parsed
+            if command.breathing:
+                rep, next_frame = await self._run_breathing(command, client, req)
+                if rep is None:
+                    continue
+            else:
+                rep = await self._run(command, client, req)
+            await self._ws.send(codec.encode(rep))
+
+    async def _run(self, command: Command, client: ClientContext, req: Req) -> Rep:
+        started = time.perf_counter()
+        rep = await command.handler(client, req)
+        logger.debug(
+            "command",
+            cmd=command.name,
+            status=rep.get("status"),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return rep
+
+    async def _run_breathing(
+        self, command: Command, client: ClientContext, req: Req
+    ) -> tuple[Rep | None, bytes | None]:
+        """Run a waiting command while reading the socket: (reply, None) if it finished
+        first, (None, new request frame) if the client sent something else first."""
+        work = asyncio.ensure_future(command.handler(client, req))
+        reader = asyncio.ensure_future(self._ws.receive())
+        try:
+            await asyncio.wait((work, reader), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            work_finished, new_request = work.done(), reader.done()
+            for task in (work, reader):
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        if not new_request:
+            return work.result(), None
+        if work_finished:
+            # Both finished together: the reply goes first, then the new request.
+            await self._ws.send(codec.encode(work.result()))
+        new_frame = reader.result()
+        if new_frame is TEXT_FRAME:
+            await self._reply_invalid_format_and_close()
+            raise WebSocketClosed()
+        assert isinstance(new_frame, bytes)
+        return None, new_frame
+
+    async def _receive_binary(self) -> bytes | None:
+        raw = await self._ws.receive()
+        if raw is TEXT_FRAME:
+            await self._reply_invalid_format_and_close()
+            return None
+        assert isinstance(raw, bytes)
+        return raw
+
+    async def _reply_invalid_format_and_close(self) -> None:
+        logger.info("invalid message format, closing connection")
+        await self._ws.send(codec.encode(INVALID_MSG_FORMAT))
+        await self._ws.close(1000)
+
+
+def _organization_of(client: ClientContext) -> str | None:
+    return getattr(client, "organization_id", None)

@@ -1,0 +1,103 @@
+"""Turns a request frame into (command, typed request), or into the protocol's error reply.
+
+One table per handshake type: a command absent from the table is `unknown_command`.
+Each table decodes with one msgspec decoder over the union of its request types (tagged
+by `cmd`), so a valid request is parsed and validated in a single pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgspec
+
+from parsec_server.api import codec
+from parsec_server.api.protocol.base import Rep, Req, command_name, error
+
+
+Handler = Callable[[Any, Any], Awaitable[Rep]]
+Precheck = Callable[[Any], Rep | None]
+
+UNKNOWN_COMMAND: Rep = {"status": "unknown_command", "reason": "Unknown command"}
+INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid message format"}
+
+# msgpack type bytes of a map: fixmap, map16, map32.
+_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_ERROR_PATH = re.compile(r"^(?P<msg>.*) - at `\$\.(?P<field>[^.\[`]+)")
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    req_type: type[Req]
+    handler: Handler
+    # Checks the reference runs before validating the request (e.g. admin-only commands).
+    precheck: Precheck | None = None
+    # Breathing commands wait; a new request on the connection abandons them (no reply).
+    breathing: bool = False
+
+    @property
+    def name(self) -> str:
+        return command_name(self.req_type)
+
+
+class InvalidMessageFormat(Exception):
+    """The frame is not a valid msgpack map: reply invalid_msg_format, then close."""
+
+
+class CommandTable:
+    def __init__(self, commands: list[Command]) -> None:
+        self._by_type = {c.req_type: c for c in commands}
+        self._by_name = {c.name: c for c in commands}
+        union = Union[tuple(self._by_type)]  # type: ignore[valid-type]  # noqa: UP007
+        self._decoder: msgspec.msgpack.Decoder[Req] = codec.decoder(union)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def parse(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
+        """Raise InvalidMessageFormat, or return the command to run or the error reply."""
+        if not frame or frame[0] not in _MAP_FIRST_BYTES:
+            raise InvalidMessageFormat()
+        try:
+            req = self._decoder.decode(frame)
+        except msgspec.ValidationError as exc:
+            return self._validation_error_reply(frame, str(exc), client)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise InvalidMessageFormat() from exc
+        command = self._by_type[type(req)]
+        if command.precheck is not None:
+            refused = command.precheck(client)
+            if refused is not None:
+                return refused
+        return command, req
+
+    def _validation_error_reply(self, frame: bytes, message: str, client: object) -> Rep:
+        try:
+            raw = codec.decode_any(frame)
+        except codec.CodecError as exc:
+            raise InvalidMessageFormat() from exc
+        name = raw.get("cmd") if isinstance(raw, dict) else None
+        command = self._by_name.get(name) if isinstance(name, str) else None
+        if command is None:
+            return UNKNOWN_COMMAND
+        if command.precheck is not None:
+            refused = command.precheck(client)
+            if refused is not None:
+                return refused
+        return bad_message(message)
+
+
+def bad_message(message: str) -> Rep:
+    missing = _MISSING_FIELD.match(message)
+    if missing:
+        errors = {missing["field"]: ["Missing data for required field."]}
+    else:
+        at = _ERROR_PATH.match(message)
+        errors = {at["field"]: [at["msg"]]} if at else {"_schema": [message]}
+    rep = error("bad_message", "Invalid message.")
+    rep["errors"] = errors
+    return rep

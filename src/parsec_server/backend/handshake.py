@@ -1,0 +1,142 @@
+"""Server side of the handshake (protocol/20-handshake.md): who is this connection?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from parsec_server.api.codec import DateTime
+from parsec_server.api.crypto import CryptoError, secrets_equal, verify_signed
+from parsec_server.api.handshake import (
+    APIV1AdministrationAnswer,
+    APIV1AnonymousAnswer,
+    APIV1AuthenticatedAnswer,
+    Answer,
+    AuthenticatedAnswer,
+    HandshakeResult,
+    InvitedAnswer,
+    probe_decoder,
+    result_frame,
+    v1_answer_decoder,
+    v2_answer_decoder,
+)
+from parsec_server.api.ids import user_id_of
+from parsec_server.backend.client_context import (
+    AdministrationClientContext,
+    AnonymousClientContext,
+    AuthenticatedClientContext,
+    ClientContext,
+)
+from parsec_server.backend.events import OrganizationExpiredEvent
+
+if TYPE_CHECKING:
+    from parsec_server.backend.app import BackendApp
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeOutcome:
+    """`client` is set when the result is ok; `frame` is the result message to send."""
+
+    frame: bytes
+    client: ClientContext | None = None
+
+
+def _failed(result: HandshakeResult, help: str | None = None) -> HandshakeOutcome:
+    return HandshakeOutcome(result_frame(result, help))
+
+
+def _errors_text(exc: Exception) -> str:
+    return f"{{'_schema': [{str(exc)!r}]}}"
+
+
+def parse_answer(raw: bytes) -> tuple[Answer, int] | HandshakeOutcome:
+    try:
+        probe = probe_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        return _failed(HandshakeResult.BAD_PROTOCOL, _errors_text(exc))
+    major, minor = probe.client_api_version
+    if major not in (1, 2):
+        return _failed(
+            HandshakeResult.BAD_PROTOCOL,
+            f"No overlap between client API versions {{{major}.{minor}}} and backend API "
+            "versions {2.0, 1.2}",
+        )
+    decoder = v2_answer_decoder if major == 2 else v1_answer_decoder
+    try:
+        return decoder.decode(raw), major
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        return _failed(HandshakeResult.BAD_PROTOCOL, _errors_text(exc))
+
+
+async def do_handshake(app: BackendApp, challenge: bytes, raw: bytes) -> HandshakeOutcome:
+    parsed = parse_answer(raw)
+    if isinstance(parsed, HandshakeOutcome):
+        return parsed
+    answer, major = parsed
+    match answer:
+        case AuthenticatedAnswer() | APIV1AuthenticatedAnswer():
+            return await _authenticated(app, challenge, answer, major)
+        case InvitedAnswer():
+            return await app.invite.handshake(answer)
+        case APIV1AnonymousAnswer():
+            return await _anonymous(app, answer)
+        case APIV1AdministrationAnswer():
+            if not secrets_equal(answer.token, app.config.administration_token):
+                return _failed(HandshakeResult.BAD_ADMIN_TOKEN)
+            return HandshakeOutcome(result_frame(HandshakeResult.OK), AdministrationClientContext())
+    raise AssertionError(answer)
+
+
+async def _authenticated(
+    app: BackendApp,
+    challenge: bytes,
+    answer: AuthenticatedAnswer | APIV1AuthenticatedAnswer,
+    major: int,
+) -> HandshakeOutcome:
+    identity = await app.user.get_identity(answer.organization_id, answer.device_id)
+    if identity is None:
+        return _failed(HandshakeResult.BAD_IDENTITY)
+    organization, user, device = identity
+    if organization.root_verify_key != answer.rvk:
+        return _failed(HandshakeResult.RVK_MISMATCH)
+    now = DateTime.now()
+    if organization.is_expired(now):
+        await app.event_bus.send(OrganizationExpiredEvent(organization_id=answer.organization_id))
+        return _failed(HandshakeResult.ORGANIZATION_EXPIRED)
+    if user.is_revoked(now):
+        return _failed(HandshakeResult.REVOKED_DEVICE)
+    try:
+        returned = verify_signed(device.verify_key, answer.answer)
+    except CryptoError:
+        return _failed(HandshakeResult.BAD_PROTOCOL, "Invalid answer signature")
+    if returned != challenge:
+        return _failed(HandshakeResult.BAD_PROTOCOL, "Invalid returned challenge")
+    client = AuthenticatedClientContext(
+        organization_id=answer.organization_id,
+        device_id=answer.device_id,
+        user_id=user_id_of(answer.device_id),
+        profile=user.profile,
+        human_handle=user.human_handle,
+        verify_key=device.verify_key,
+        api_major=major,
+    )
+    return HandshakeOutcome(result_frame(HandshakeResult.OK), client)
+
+
+async def _anonymous(app: BackendApp, answer: APIV1AnonymousAnswer) -> HandshakeOutcome:
+    organization = await app.organization.get(answer.organization_id)
+    if organization is None:
+        if not app.config.spontaneous_organization_bootstrap:
+            return _failed(HandshakeResult.BAD_IDENTITY)
+        await app.organization.create_if_missing(answer.organization_id, "")
+        organization = await app.organization.get(answer.organization_id)
+        assert organization is not None
+    if organization.is_expired(DateTime.now()):
+        await app.event_bus.send(OrganizationExpiredEvent(organization_id=answer.organization_id))
+        return _failed(HandshakeResult.ORGANIZATION_EXPIRED)
+    if answer.rvk is not None and organization.root_verify_key != answer.rvk:
+        return _failed(HandshakeResult.RVK_MISMATCH)
+    client = AnonymousClientContext(organization_id=answer.organization_id)
+    return HandshakeOutcome(result_frame(HandshakeResult.OK), client)

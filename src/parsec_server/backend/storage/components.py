@@ -1,0 +1,16 @@
+"""What a storage implementation provides to the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parsec_server.backend.events import EventBus
+from parsec_server.backend.organization import BaseOrganizationComponent
+from parsec_server.backend.user import BaseUserComponent
+
+
+@dataclass(frozen=True, slots=True)
+class StorageComponents:
+    event_bus: EventBus
+    organization: BaseOrganizationComponent
+    user: BaseUserComponent

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from parsec_server.backend.config import BackendConfig
+from parsec_server.backend.events import MemoryEventBus
+from parsec_server.backend.storage.components import StorageComponents
+from parsec_server.backend.storage.memory.datamodel import MemoryDatamodel
+from parsec_server.backend.storage.memory.organization import MemoryOrganizationComponent
+from parsec_server.backend.storage.memory.user import MemoryUserComponent
+from parsec_server.backend.webhooks import BootstrapWebhook
+
+
+@contextlib.asynccontextmanager
+async def memory_components(config: BackendConfig) -> AsyncIterator[StorageComponents]:
+    data = MemoryDatamodel()
+    event_bus = MemoryEventBus()
+    webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
+    yield StorageComponents(
+        event_bus=event_bus,
+        organization=MemoryOrganizationComponent(data, event_bus, webhook),
+        user=MemoryUserComponent(data, event_bus),
+    )
