@@ -25,6 +25,7 @@ from parsec_server.api.ids import (
     UserProfile,
     VerifyKeyBytes,
     check_human_handle,
+    check_id_byte_lengths,
 )
 
 # A certificate is a few hundred bytes; refuse to inflate anything absurd.
@@ -39,6 +40,9 @@ class _Certificate(msgspec.Struct, frozen=True, tag_field="type"):
     author: DeviceID | None
     timestamp: DateTime
 
+    def __post_init__(self) -> None:
+        check_id_byte_lengths(self)
+
 
 class UserCertificate(_Certificate, frozen=True, tag="user_certificate"):
     user_id: UserID
@@ -48,6 +52,7 @@ class UserCertificate(_Certificate, frozen=True, tag="user_certificate"):
     profile: UserProfile | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.human_handle is not None:
             check_human_handle(self.human_handle)
         if self.is_admin and self.profile not in (msgspec.UNSET, UserProfile.ADMIN):

@@ -58,3 +58,28 @@ class RealmRole(str, Enum):
     MANAGER = "MANAGER"
     CONTRIBUTOR = "CONTRIBUTOR"
     READER = "READER"
+
+
+_ID_BYTE_LIMITS = {OrganizationID: 32, DeviceID: 65}  # UserID and DeviceName equal OrganizationID
+_id_fields_cache: dict[type, tuple[tuple[str, int], ...]] = {}
+
+
+def _id_fields(cls: type) -> tuple[tuple[str, int], ...]:
+    fields = _id_fields_cache.get(cls)
+    if fields is None:
+        fields = tuple(
+            (f.name, _ID_BYTE_LIMITS[f.type])
+            for f in msgspec.structs.fields(cls)  # type: ignore[arg-type]
+            if f.type in _ID_BYTE_LIMITS
+        )
+        _id_fields_cache[cls] = fields
+    return fields
+
+
+def check_id_byte_lengths(obj: msgspec.Struct) -> None:
+    """The identifier regexes count characters; the protocol also caps their UTF-8 size.
+    Called from `__post_init__`, so a ValueError becomes a validation error."""
+    for name, limit in _id_fields(type(obj)):
+        value = getattr(obj, name)
+        if not value.isascii() and len(value.encode("utf8")) > limit:
+            raise ValueError(f"Field `{name}`: longer than {limit} bytes")

@@ -4,6 +4,7 @@ connections and the command tables. Everything with a lifetime is owned here."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,9 +122,10 @@ async def backend_app_factory(config: BackendConfig) -> AsyncIterator[BackendApp
 
 
 def _assemble(config: BackendConfig, components: StorageComponents) -> BackendApp:
-    async def no_realms(organization_id: str, user_id: str) -> set[object]:
+    async def no_realms(organization_id: str, user_id: str) -> set[uuid.UUID]:
         return set()
 
+    connections = ConnectionRegistry()
     return BackendApp(
         config=config,
         event_bus=components.event_bus,
@@ -131,6 +133,6 @@ def _assemble(config: BackendConfig, components: StorageComponents) -> BackendAp
         user=components.user,
         invite=InviteComponent(components.organization, components.event_bus),
         ping=PingComponent(components.event_bus),
-        events=EventsComponent(no_realms),
-        connections=ConnectionRegistry(),
+        events=EventsComponent(no_realms, connections),
+        connections=connections,
     )

@@ -87,10 +87,6 @@ class ClientEvents:
             case RealmRolesUpdatedEvent(user_id=user_id, realm_id=realm_id, role=role) if (
                 user_id == client.user_id
             ):
-                if role is None:
-                    self.realms.discard(realm_id)
-                else:
-                    self.realms.add(realm_id)
                 return {
                     "status": "ok",
                     "event": "realm.roles_updated",

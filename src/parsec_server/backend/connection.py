@@ -103,7 +103,7 @@ class ClientConnection:
             await self._ws.close(1000)
             return
         self.client = outcome.client
-        self._app.connections.register(self, _organization_of(outcome.client))
+        self._app.connections.register(self)
         await self._app.on_client_connected(outcome.client)
         await self._command_loop(self._app.command_table_for(outcome.client), outcome.client)
 
@@ -181,7 +181,3 @@ class ClientConnection:
         logger.info("invalid message format, closing connection")
         await self._ws.send(codec.encode(INVALID_MSG_FORMAT))
         await self._ws.close(1000)
-
-
-def _organization_of(client: ClientContext) -> str | None:
-    return getattr(client, "organization_id", None)

@@ -1,31 +1,124 @@
-"""The connections of this process, by organization, so that events reach them."""
+"""The connections of this process, indexed so that an event only visits the connections
+it may concern (an organization can have thousands of open connections)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from collections import defaultdict
+from typing import TYPE_CHECKING, TypeVar
 
-from parsec_server.backend.events import Event
+from parsec_server.backend.client_context import AuthenticatedClientContext
+from parsec_server.backend.events import (
+    Event,
+    InviteStatusChangedEvent,
+    MessageReceivedEvent,
+    OrganizationExpiredEvent,
+    PingedEvent,
+    RealmMaintenanceFinishedEvent,
+    RealmMaintenanceStartedEvent,
+    RealmRolesUpdatedEvent,
+    RealmVlobsUpdatedEvent,
+    UserRevokedEvent,
+)
 
 if TYPE_CHECKING:
     from parsec_server.backend.connection import ClientConnection
 
+K = TypeVar("K")
+
+
+def _add(index: dict[K, set[ClientConnection]], key: K, conn: ClientConnection) -> None:
+    index[key].add(conn)
+
+
+def _remove(index: dict[K, set[ClientConnection]], key: K, conn: ClientConnection) -> None:
+    conns = index.get(key)
+    if conns is not None:
+        conns.discard(conn)
+        if not conns:
+            del index[key]
+
 
 class ConnectionRegistry:
     def __init__(self) -> None:
-        self._by_organization: dict[str | None, set[ClientConnection]] = {}
+        self._by_organization: dict[str | None, set[ClientConnection]] = defaultdict(set)
+        self._by_user: dict[tuple[str, str], set[ClientConnection]] = defaultdict(set)
+        self._subscribed_by_organization: dict[str, set[ClientConnection]] = defaultdict(set)
+        self._subscribed_by_realm: dict[tuple[str, uuid.UUID], set[ClientConnection]] = (
+            defaultdict(set)
+        )
+        self._by_client: dict[int, ClientConnection] = {}
 
-    def register(self, connection: ClientConnection, organization_id: str | None) -> None:
-        self._by_organization.setdefault(organization_id, set()).add(connection)
+    def register(self, conn: ClientConnection) -> None:
+        client = conn.client
+        self._by_client[id(client)] = conn
+        _add(self._by_organization, getattr(client, "organization_id", None), conn)
+        if isinstance(client, AuthenticatedClientContext):
+            _add(self._by_user, (client.organization_id, client.user_id), conn)
 
-    def unregister(self, connection: ClientConnection) -> None:
-        for organization_id, connections in list(self._by_organization.items()):
-            connections.discard(connection)
-            if not connections:
-                del self._by_organization[organization_id]
+    def unregister(self, conn: ClientConnection) -> None:
+        client = conn.client
+        self._by_client.pop(id(client), None)
+        organization_id = getattr(client, "organization_id", None)
+        _remove(self._by_organization, organization_id, conn)
+        if isinstance(client, AuthenticatedClientContext):
+            _remove(self._by_user, (client.organization_id, client.user_id), conn)
+            if client.events.subscribed:
+                _remove(self._subscribed_by_organization, client.organization_id, conn)
+                for realm_id in client.events.realms:
+                    _remove(self._subscribed_by_realm, (client.organization_id, realm_id), conn)
+
+    def subscribe(self, client: AuthenticatedClientContext, realms: set[uuid.UUID]) -> None:
+        conn = self._by_client.get(id(client))
+        if conn is None or client.events.subscribed:
+            return
+        client.events.subscribe(realms)
+        _add(self._subscribed_by_organization, client.organization_id, conn)
+        for realm_id in realms:
+            _add(self._subscribed_by_realm, (client.organization_id, realm_id), conn)
+
+    def _follow_role_change(self, event: RealmRolesUpdatedEvent) -> None:
+        for conn in list(self._by_user.get((event.organization_id, event.user_id), ())):
+            client = conn.client
+            assert isinstance(client, AuthenticatedClientContext)
+            if not client.events.subscribed:
+                continue
+            key = (event.organization_id, event.realm_id)
+            if event.role is None:
+                client.events.realms.discard(event.realm_id)
+                _remove(self._subscribed_by_realm, key, conn)
+            else:
+                client.events.realms.add(event.realm_id)
+                _add(self._subscribed_by_realm, key, conn)
+
+    def _recipients(self, event: Event) -> set[ClientConnection]:
+        org = event.organization_id
+        match event:
+            case UserRevokedEvent(user_id=user_id):
+                return self._by_user.get((org, user_id), set())
+            case MessageReceivedEvent(recipient=user_id) | InviteStatusChangedEvent(
+                greeter=user_id
+            ):
+                return self._by_user.get((org, user_id), set())
+            case RealmRolesUpdatedEvent():
+                self._follow_role_change(event)
+                return self._by_user.get((org, event.user_id), set())
+            case (
+                RealmVlobsUpdatedEvent()
+                | RealmMaintenanceStartedEvent()
+                | RealmMaintenanceFinishedEvent()
+            ):
+                return self._subscribed_by_realm.get((org, event.realm_id), set())
+            case PingedEvent():
+                return self._subscribed_by_organization.get(org, set())
+            case OrganizationExpiredEvent():
+                return self._by_organization.get(org, set())
+        # Events for invited connections (invitation deleted...) go to the organization.
+        return self._by_organization.get(org, set())
 
     def dispatch(self, event: Event) -> None:
-        for connection in list(self._by_organization.get(event.organization_id, ())):
-            connection.on_event(event)
+        for conn in list(self._recipients(event)):
+            conn.on_event(event)
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._by_organization.values())

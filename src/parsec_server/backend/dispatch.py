@@ -28,6 +28,8 @@ INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid me
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _ERROR_PATH = re.compile(r"^(?P<msg>.*) - at `\$\.(?P<field>[^.\[`]+)")
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
+# What our own `__post_init__` checks raise (see api/ids.py).
+_FIELD_CHECK = re.compile(r"^Field `(?P<field>[^`]+)`: (?P<msg>.*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ def bad_message(message: str) -> Rep:
     if missing:
         errors = {missing["field"]: ["Missing data for required field."]}
     else:
-        at = _ERROR_PATH.match(message)
+        at = _ERROR_PATH.match(message) or _FIELD_CHECK.match(message)
         errors = {at["field"]: [at["msg"]]} if at else {"_schema": [message]}
     rep = error("bad_message", "Invalid message.")
     rep["errors"] = errors

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import websockets
 from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
@@ -23,10 +24,10 @@ from parsec_server.api.crypto import sign
 from parsec_server.api.handshake import (
     API_V1,
     API_V2,
+    Answer,
     APIV1AdministrationAnswer,
     APIV1AnonymousAnswer,
     APIV1AuthenticatedAnswer,
-    Answer,
     AuthenticatedAnswer,
     InvitedAnswer,
     build_answer,
@@ -111,6 +112,16 @@ def ssl_context_for(addr: BackendAddr) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=cafile)
 
 
+def _decode_map(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = codec.decode_any(raw)
+    except codec.CodecError as exc:
+        raise BackendConnectionError(f"invalid {what}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BackendConnectionError(f"{what} is not a map")
+    return value
+
+
 class BackendConnection:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -141,9 +152,13 @@ class BackendConnection:
         return connection
 
     async def _handshake(self, auth: Auth) -> None:
-        challenge = challenge_decoder.decode(await self._recv())
+        raw = await self._recv()
+        try:
+            challenge = challenge_decoder.decode(raw)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise BackendConnectionError(f"invalid handshake challenge: {exc}") from exc
         await self._send_raw(_answer(auth, challenge.challenge))
-        result = codec.decode_any(await self._recv())
+        result = _decode_map(await self._recv(), "handshake result")
         if result.get("result") != "ok":
             raise HandshakeRefused(str(result.get("result")), str(result.get("help")))
 
@@ -165,10 +180,7 @@ class BackendConnection:
     async def send_raw(self, data: bytes) -> dict[str, Any]:
         """Send an already encoded frame, return the decoded reply (tests use it)."""
         await self._send_raw(data)
-        reply = codec.decode_any(await self._recv())
-        if not isinstance(reply, dict):
-            raise BackendConnectionError("reply is not a map")
-        return reply
+        return _decode_map(await self._recv(), "reply")
 
     async def cmd(self, cmd: str, **fields: Any) -> dict[str, Any]:
         return await self.send_raw(codec.encode({"cmd": cmd, **fields}))

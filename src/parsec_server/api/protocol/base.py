@@ -6,9 +6,14 @@ from typing import Any
 
 import msgspec
 
+from parsec_server.api.ids import check_id_byte_lengths
+
 
 class Req(msgspec.Struct, frozen=True, tag_field="cmd"):
     """A request; subclasses set `tag=<command name>`. Unknown fields are ignored."""
+
+    def __post_init__(self) -> None:
+        check_id_byte_lengths(self)
 
 
 Rep = dict[str, Any]

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from parsec_server.backend.config import BackendConfig
+from parsec_server.backend.storage.components import StorageComponents
+from parsec_server.backend.storage.postgresql.event_bus import postgresql_event_bus
+from parsec_server.backend.storage.postgresql.organization import PGOrganizationComponent
+from parsec_server.backend.storage.postgresql.pool import postgresql_pool
+from parsec_server.backend.storage.postgresql.user import PGUserComponent
+from parsec_server.backend.webhooks import BootstrapWebhook
+
+
+@contextlib.asynccontextmanager
+async def postgresql_components(config: BackendConfig) -> AsyncIterator[StorageComponents]:
+    async with postgresql_pool(config) as pool, postgresql_event_bus(config, pool) as event_bus:
+        webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
+        yield StorageComponents(
+            event_bus=event_bus,
+            organization=PGOrganizationComponent(pool, event_bus, webhook),
+            user=PGUserComponent(pool, event_bus),
+        )

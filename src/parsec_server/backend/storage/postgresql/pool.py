@@ -1,0 +1,54 @@
+"""The connection pool: created at start-up, with retries, on a migrated database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import structlog
+
+from parsec_server.backend.config import BackendConfig, StartupError
+from parsec_server.backend.storage.postgresql.migrations import check_migrations_applied
+
+logger = structlog.get_logger("parsec.postgresql")
+
+CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+async def connect_with_retries(config: BackendConfig) -> asyncpg.Connection:
+    """One connection, trying `db_first_tries_number` times (0: forever)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await asyncpg.connect(config.db_url, timeout=30)
+        except CONNECT_ERRORS as exc:
+            if config.db_first_tries_number and attempt >= config.db_first_tries_number:
+                raise StartupError(f"Cannot connect to the database: {exc}") from exc
+            logger.warning("database not reachable yet", attempt=attempt, error=str(exc))
+            await asyncio.sleep(config.db_first_tries_sleep)
+
+
+@contextlib.asynccontextmanager
+async def postgresql_pool(config: BackendConfig) -> AsyncIterator[asyncpg.Pool]:
+    first = await connect_with_retries(config)
+    try:
+        problem = await check_migrations_applied(first)
+    finally:
+        await first.close()
+    if problem is not None:
+        raise StartupError(problem)
+    try:
+        pool = await asyncpg.create_pool(
+            config.db_url,
+            min_size=config.db_min_connections,
+            max_size=config.db_max_connections,
+        )
+    except CONNECT_ERRORS as exc:
+        raise StartupError(f"Cannot connect to the database: {exc}") from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from parsec_server.api.codec import DateTime
+from parsec_server.api.ids import UserProfile
+from parsec_server.backend.events import EventBus
+from parsec_server.backend.organization import Organization
+from parsec_server.backend.storage.postgresql.utils import to_datetime
+from parsec_server.backend.user import (
+    BaseUserComponent,
+    CertifiedDevice,
+    DeviceCreateBadOutcome,
+    HumanCandidate,
+    UserCreateBadOutcome,
+    UserRevokeBadOutcome,
+    walk_trustchain,
+)
+from parsec_server.backend.user_types import Device, User, UserWithTrustchain
+
+_SQL_GET_IDENTITY = """
+SELECT
+    o.organization_id, o.bootstrap_token, o.expiration_date, o.root_verify_key,
+    u.user_id, u.profile, h.email, h.label, u.user_certificate, u.redacted_user_certificate,
+    uc.device_id AS user_certifier, u.created_on AS user_created_on, u.revoked_on,
+    u.revoked_user_certificate, ur.device_id AS revoker,
+    d.device_id, d.device_label, d.device_certificate, d.redacted_device_certificate,
+    dc.device_id AS device_certifier, d.created_on AS device_created_on, d.verify_key
+FROM organization o
+JOIN device d ON d.organization = o._id AND d.device_id = $2
+JOIN user_ u ON u._id = d.user_
+LEFT JOIN human h ON h._id = u.human
+LEFT JOIN device uc ON uc._id = u.certifier
+LEFT JOIN device ur ON ur._id = u.revoker
+LEFT JOIN device dc ON dc._id = d.certifier
+WHERE o.organization_id = $1
+"""
+
+_SQL_LOCK_ORGANIZATION = """
+SELECT _id FROM organization WHERE organization_id = $1 FOR UPDATE
+"""
+
+_SQL_USER_EXISTS = "SELECT 1 FROM user_ WHERE organization = $1 AND user_id = $2"
+
+_SQL_EMAIL_TAKEN = """
+SELECT 1 FROM user_ u JOIN human h ON h._id = u.human
+WHERE h.organization = $1 AND h.email = $2 AND u.revoked_on IS NULL
+"""
+
+# DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING gives the existing row.
+_SQL_UPSERT_HUMAN = """
+INSERT INTO human (organization, email, label) VALUES ($1, $2, $3)
+ON CONFLICT (organization, email) DO UPDATE SET email = EXCLUDED.email
+RETURNING _id
+"""
+
+_SQL_INSERT_USER = """
+INSERT INTO user_ (
+    organization, user_id, profile, user_certificate, redacted_user_certificate,
+    certifier, created_on, human
+)
+VALUES (
+    $1, $2, $3, $4, $5,
+    (SELECT _id FROM device WHERE organization = $1 AND device_id = $6), $7, $8
+)
+RETURNING _id
+"""
+
+_SQL_INSERT_DEVICE = """
+INSERT INTO device (
+    organization, user_, device_id, device_label, device_certificate,
+    redacted_device_certificate, verify_key, certifier, created_on
+)
+VALUES (
+    $1,
+    (SELECT _id FROM user_ WHERE organization = $1 AND user_id = $2),
+    $3, $4, $5, $6, $7,
+    (SELECT _id FROM device WHERE organization = $1 AND device_id = $8),
+    $9
+)
+ON CONFLICT (organization, device_id) DO NOTHING
+RETURNING _id
+"""
+
+_SQL_GET_USER_AND_DEVICES = """
+SELECT
+    u.user_certificate, u.redacted_user_certificate, u.revoked_user_certificate,
+    uc.device_id AS user_certifier, ur.device_id AS revoker,
+    ARRAY(
+        SELECT ROW(d.device_certificate, d.redacted_device_certificate, dc.device_id)
+        FROM device d LEFT JOIN device dc ON dc._id = d.certifier
+        WHERE d.user_ = u._id ORDER BY d._id
+    ) AS devices
+FROM user_ u
+LEFT JOIN device uc ON uc._id = u.certifier
+LEFT JOIN device ur ON ur._id = u.revoker
+WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
+    AND u.user_id = $2
+"""
+
+_SQL_GET_CERTIFIED_DEVICES = """
+SELECT
+    d.device_id, d.device_certificate, d.redacted_device_certificate,
+    dc.device_id AS device_certifier,
+    u.user_certificate, u.redacted_user_certificate, uc.device_id AS user_certifier,
+    u.revoked_user_certificate, ur.device_id AS revoker
+FROM device d
+JOIN user_ u ON u._id = d.user_
+LEFT JOIN device dc ON dc._id = d.certifier
+LEFT JOIN device uc ON uc._id = u.certifier
+LEFT JOIN device ur ON ur._id = u.revoker
+WHERE d.organization = (SELECT _id FROM organization WHERE organization_id = $1)
+    AND d.device_id = ANY($2::text[])
+"""
+
+_SQL_REVOKE = """
+UPDATE user_ SET
+    revoked_on = $3,
+    revoked_user_certificate = $4,
+    revoker = (SELECT _id FROM device WHERE organization = user_.organization AND device_id = $5)
+WHERE organization = (SELECT _id FROM organization WHERE organization_id = $1)
+    AND user_id = $2 AND revoked_on IS NULL
+RETURNING _id
+"""
+
+_SQL_USER_EXISTS_BY_ORG_ID = """
+SELECT 1 FROM user_
+WHERE organization = (SELECT _id FROM organization WHERE organization_id = $1) AND user_id = $2
+"""
+
+_SQL_HUMAN_CANDIDATES = """
+SELECT u.user_id, h.email, h.label, u.revoked_on
+FROM user_ u LEFT JOIN human h ON h._id = u.human
+WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
+"""
+
+
+async def insert_user_and_device(
+    conn: asyncpg.Connection, organization: int, user: User, device: Device
+) -> None:
+    """Within the caller's transaction; the caller has checked uniqueness."""
+    human = None
+    if user.human_handle is not None:
+        email, label = user.human_handle
+        human = await conn.fetchval(_SQL_UPSERT_HUMAN, organization, email, label)
+    await conn.execute(
+        _SQL_INSERT_USER,
+        organization,
+        user.user_id,
+        user.profile.value,
+        user.user_certificate,
+        user.redacted_user_certificate,
+        user.user_certifier,
+        user.created_on.dt,
+        human,
+    )
+    await _insert_device(conn, organization, device)
+
+
+async def _insert_device(conn: asyncpg.Connection, organization: int, device: Device) -> bool:
+    inserted = await conn.fetchval(
+        _SQL_INSERT_DEVICE,
+        organization,
+        device.user_id,
+        device.device_id,
+        device.device_label,
+        device.device_certificate,
+        device.redacted_device_certificate,
+        device.verify_key,
+        device.device_certifier,
+        device.created_on.dt,
+    )
+    return inserted is not None
+
+
+class PGUserComponent(BaseUserComponent):
+    def __init__(self, pool: asyncpg.Pool, event_bus: EventBus) -> None:
+        super().__init__(event_bus)
+        self._pool = pool
+
+    async def get_identity(
+        self, organization_id: str, device_id: str
+    ) -> tuple[Organization, User, Device] | None:
+        row = await self._pool.fetchrow(_SQL_GET_IDENTITY, organization_id, device_id)
+        if row is None:
+            return None
+        organization = Organization(
+            organization_id=row["organization_id"],
+            bootstrap_token=row["bootstrap_token"],
+            expiration_date=to_datetime(row["expiration_date"]),
+            root_verify_key=row["root_verify_key"],
+        )
+        user = User(
+            user_id=row["user_id"],
+            human_handle=(row["email"], row["label"]) if row["email"] is not None else None,
+            profile=UserProfile(row["profile"]),
+            user_certificate=row["user_certificate"],
+            redacted_user_certificate=row["redacted_user_certificate"],
+            user_certifier=row["user_certifier"],
+            created_on=DateTime(row["user_created_on"]),
+            revoked_on=to_datetime(row["revoked_on"]),
+            revoked_user_certificate=row["revoked_user_certificate"],
+            revoked_user_certifier=row["revoker"],
+        )
+        device = Device(
+            device_id=row["device_id"],
+            device_label=row["device_label"],
+            device_certificate=row["device_certificate"],
+            redacted_device_certificate=row["redacted_device_certificate"],
+            device_certifier=row["device_certifier"],
+            created_on=DateTime(row["device_created_on"]),
+            verify_key=row["verify_key"],
+        )
+        return organization, user, device
+
+    async def create_user(
+        self, organization_id: str, user: User, first_device: Device
+    ) -> UserCreateBadOutcome | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Serializes user creations in the organization, so that two of them cannot
+            # both take the same email.
+            organization = await conn.fetchval(_SQL_LOCK_ORGANIZATION, organization_id)
+            if await conn.fetchval(_SQL_USER_EXISTS, organization, user.user_id):
+                return UserCreateBadOutcome.USER_ALREADY_EXISTS
+            if user.human_handle is not None and await conn.fetchval(
+                _SQL_EMAIL_TAKEN, organization, user.human_handle[0]
+            ):
+                return UserCreateBadOutcome.HUMAN_HANDLE_ALREADY_TAKEN
+            await insert_user_and_device(conn, organization, user, first_device)
+        return None
+
+    async def create_device(
+        self, organization_id: str, device: Device
+    ) -> DeviceCreateBadOutcome | None:
+        async with self._pool.acquire() as conn:
+            organization = await conn.fetchval(
+                "SELECT _id FROM organization WHERE organization_id = $1", organization_id
+            )
+            if not await _insert_device(conn, organization, device):
+                return DeviceCreateBadOutcome.ALREADY_EXISTS
+        return None
+
+    async def get_user_with_trustchain(
+        self, organization_id: str, user_id: str, redacted: bool
+    ) -> UserWithTrustchain | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(_SQL_GET_USER_AND_DEVICES, organization_id, user_id)
+            if row is None:
+                return None
+
+            async def fetch(device_ids: set[str]) -> dict[str, CertifiedDevice]:
+                rows = await conn.fetch(
+                    _SQL_GET_CERTIFIED_DEVICES, organization_id, list(device_ids)
+                )
+                return {
+                    r["device_id"]: CertifiedDevice(
+                        r["device_certificate"],
+                        r["redacted_device_certificate"],
+                        r["device_certifier"],
+                        r["user_certificate"],
+                        r["redacted_user_certificate"],
+                        r["user_certifier"],
+                        r["revoked_user_certificate"],
+                        r["revoker"],
+                    )
+                    for r in rows
+                }
+
+            start = [row["user_certifier"], row["revoker"]]
+            start += [d[2] for d in row["devices"]]
+            trustchain = await walk_trustchain(start, fetch, redacted)
+        return UserWithTrustchain(
+            user_certificate=row["redacted_user_certificate" if redacted else "user_certificate"],
+            revoked_user_certificate=row["revoked_user_certificate"],
+            device_certificates=[d[1] if redacted else d[0] for d in row["devices"]],
+            trustchain=trustchain,
+        )
+
+    async def revoke_user(
+        self,
+        organization_id: str,
+        user_id: str,
+        revoked_user_certificate: bytes,
+        revoked_user_certifier: str,
+        revoked_on: DateTime,
+    ) -> UserRevokeBadOutcome | None:
+        async with self._pool.acquire() as conn:
+            revoked = await conn.fetchval(
+                _SQL_REVOKE,
+                organization_id,
+                user_id,
+                revoked_on.dt,
+                revoked_user_certificate,
+                revoked_user_certifier,
+            )
+            if revoked is not None:
+                return None
+            if await conn.fetchval(_SQL_USER_EXISTS_BY_ORG_ID, organization_id, user_id):
+                return UserRevokeBadOutcome.ALREADY_REVOKED
+            return UserRevokeBadOutcome.NOT_FOUND
+
+    async def human_candidates(self, organization_id: str) -> list[HumanCandidate]:
+        rows = await self._pool.fetch(_SQL_HUMAN_CANDIDATES, organization_id)
+        return [
+            HumanCandidate(
+                r["user_id"],
+                (r["email"], r["label"]) if r["email"] is not None else None,
+                to_datetime(r["revoked_on"]),
+            )
+            for r in rows
+        ]

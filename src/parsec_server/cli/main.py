@@ -1,0 +1,65 @@
+"""The `parsec` command: `parsec backend run|migrate` and `parsec core ...`."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import version
+from typing import Any
+
+import click
+
+from parsec_server.cli.backend_migrate import migrate
+from parsec_server.cli.backend_run import run
+from parsec_server.cli.core_admin import (
+    create_organization,
+    stats_organization,
+    status_organization,
+)
+
+CMD_ARGS_ENVVAR = "PARSEC_CMD_ARGS"
+
+
+def cmd_args_from_env() -> list[str]:
+    """The arguments of `PARSEC_CMD_ARGS`: split on whitespace, then `$VAR` expanded."""
+    raw = os.environ.get(CMD_ARGS_ENVVAR, "")
+    return [os.path.expandvars(arg) for arg in raw.split()]
+
+
+class ParsecGroup(click.Group):
+    """The top-level group: appends `PARSEC_CMD_ARGS` to every command line."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        if parent is None:
+            args = [*args, *cmd_args_from_env()]
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@click.group(cls=ParsecGroup)
+@click.version_option(
+    version("parsec-server"), prog_name="parsec", message="%(prog)s, version %(version)s"
+)
+def cli() -> None:
+    """Parsec metadata server (Parsec 2.0 compatible) and its administration client."""
+
+
+@cli.group()
+def backend() -> None:
+    """Run and prepare the server."""
+
+
+@cli.group()
+def core() -> None:
+    """Administration client commands."""
+
+
+backend.add_command(run)
+backend.add_command(migrate)
+core.add_command(create_organization)
+core.add_command(status_organization)
+core.add_command(stats_organization)
