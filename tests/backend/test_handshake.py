@@ -110,9 +110,7 @@ async def test_signature_over_another_challenge_is_refused(
 
 
 async def test_detached_signature_is_refused(server: RunningServer, org: Organization) -> None:
-    answer = authenticated_answer(
-        org.alice, answer=lambda c: sign(org.alice.signing_key, c)[:64]
-    )
+    answer = authenticated_answer(org.alice, answer=lambda c: sign(org.alice.signing_key, c)[:64])
     assert (await raw_handshake(server.addr, answer))["result"] == "bad_protocol"
 
 
@@ -265,9 +263,7 @@ async def test_spontaneous_bootstrap_creates_organization_on_anonymous_handshake
 ) -> None:
     async with server_factory(spontaneous_organization_bootstrap=True) as server:
         organization_id = new_organization_id()
-        async with await BackendConnection.connect(
-            server.addr, AnonymousAuth(organization_id)
-        ):
+        async with await BackendConnection.connect(server.addr, AnonymousAuth(organization_id)):
             pass
         async with await server.admin() as admin:
             rep = await admin.cmd("organization_status", organization_id=organization_id)

@@ -669,10 +669,13 @@ async def test_user_revoke_certificate_of_another_author_is_invalid_certificatio
     org: Organization,
 ) -> None:
     async with await org.alice.connect() as conn:
-        dave, _ = await create_user_by(conn, org.alice, "dave", profile=UserProfile.ADMIN)
-        # Signed by dave, sent by alice.
-        rep = await conn.cmd("user_revoke", revoked_user_certificate=revocation(dave, "bob"))
-    assert rep == wrong_author("alice@laptop", "dave@dev1")
+        certificate = RevokedUserCertificate(author="bob@desktop", timestamp=now(), user_id="bob")
+        # Signed by alice's key, but claiming another author.
+        rep = await conn.cmd(
+            "user_revoke",
+            revoked_user_certificate=sign_certificate(certificate, org.alice.signing_key),
+        )
+    assert rep == wrong_author("alice@laptop", "bob@desktop")
 
 
 @pytest.mark.parametrize("offset", [-1801, 1801])
@@ -750,16 +753,18 @@ async def test_device_create_is_allowed_for_any_profile(org: Organization, calle
 
 
 def device_request(
-    author: LocalDevice,
+    creator: LocalDevice,
     device_id: str,
     label: str | None = None,
     key: SigningKey | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
-    full = device_certificate(author, device_id, label)
+    """device_create's fields for a new device certified by `creator` (`changes` alter
+    the certificate before signing)."""
+    full = device_certificate(creator, device_id, label)
     full = msgspec.structs.replace(full, **changes)
     redacted = msgspec.structs.replace(full, device_label=None)
-    k = key or author.signing_key
+    k = key or creator.signing_key
     return {
         "device_certificate": sign_certificate(full, k),
         "redacted_device_certificate": sign_certificate(redacted, k),
@@ -969,7 +974,7 @@ async def test_human_find_query_matches_labels_emails_and_user_ids(
         ("   ", [ALICE, BOB, C1, D2, MALLORY, SMI]),  # no term at all
     ],
 )
-async def test_human_find_query_terms_are_prefixes_in_memory_storage(
+async def test_human_find_query_terms_are_word_prefixes(
     org: Organization, memory_only: None, query: str, expected: list[dict[str, Any]]
 ) -> None:
     await _create_search_population(org)

@@ -121,7 +121,10 @@ def test_migrate_refuses_a_non_postgresql_url(runner: CliRunner) -> None:
         result = runner.invoke(migrate, ["--db", url])
 
         assert result.exit_code == 2, result.output
-        assert "Must start with `postgresql://` or `postgres://`" in result.stderr
+        assert (
+            'Error: Invalid value for "--db": Must start with `postgresql://` or `postgres://`'
+            in result.stderr
+        )
         assert "Migrate" not in result.stdout
 
 
@@ -179,7 +182,7 @@ def test_migrate_refuses_an_invalid_parsec_debug(
     result = runner.invoke(migrate, ["--db", unreachable_url], env={"PARSEC_DEBUG": value})
 
     assert result.exit_code == 2
-    assert f"{value} is not a valid boolean" in result.stderr
+    assert f'Error: Invalid value for "--debug": {value} is not a valid boolean' in result.stderr
 
 
 def test_migrate_runs_as_a_program(empty_postgresql_url: str) -> None:

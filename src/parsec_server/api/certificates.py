@@ -14,7 +14,7 @@ import msgspec
 from nacl.signing import SigningKey
 
 from parsec_server.api import codec
-from parsec_server.api.codec import DateTime, ID
+from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.crypto import SIGNATURE_SIZE, CryptoError, sign, verify_signed
 from parsec_server.api.ids import (
     DeviceID,
@@ -91,7 +91,7 @@ _decoders: dict[type[_Certificate], msgspec.msgpack.Decoder[_Certificate]] = {}
 def _decoder_for(cls: type[C]) -> msgspec.msgpack.Decoder[C]:
     dec = _decoders.get(cls)
     if dec is None:
-        dec = _decoders[cls] = codec.decoder(cls)  # type: ignore[assignment]
+        dec = _decoders[cls] = codec.decoder(cls)
     return dec  # type: ignore[return-value]
 
 
@@ -126,9 +126,7 @@ def verify_and_load(
     certificate = unsecure_load(cls, signed)
     if certificate.author != expected_author:
         expected = "<root key>" if expected_author is None else expected_author
-        raise CertificateError(
-            f"Invalid author: expected `{expected}`, got `{certificate.author}`"
-        )
+        raise CertificateError(f"Invalid author: expected `{expected}`, got `{certificate.author}`")
     return certificate
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import ValueError as NaclValueError
 from nacl.signing import SigningKey, VerifyKey
 
 SIGNATURE_SIZE = 64

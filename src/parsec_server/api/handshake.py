@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 import msgspec
@@ -15,12 +15,10 @@ API_V2 = (2, 0)
 API_V1 = (1, 2)
 SUPPORTED_API_VERSIONS = (API_V2, API_V1)
 
-ApiVersion = tuple[
-    Annotated[int, msgspec.Meta(ge=0)], Annotated[int, msgspec.Meta(ge=0)]
-]
+ApiVersion = tuple[Annotated[int, msgspec.Meta(ge=0)], Annotated[int, msgspec.Meta(ge=0)]]
 
 
-class HandshakeResult(str, Enum):
+class HandshakeResult(StrEnum):
     OK = "ok"
     BAD_PROTOCOL = "bad_protocol"
     BAD_IDENTITY = "bad_identity"
@@ -69,9 +67,7 @@ class InvitedAnswer(msgspec.Struct, frozen=True, tag_field="type", tag="INVITED"
     token: ID
 
 
-class APIV1AuthenticatedAnswer(
-    msgspec.Struct, frozen=True, tag_field="type", tag="authenticated"
-):
+class APIV1AuthenticatedAnswer(msgspec.Struct, frozen=True, tag_field="type", tag="authenticated"):
     organization_id: OrganizationID
     device_id: DeviceID
     rvk: VerifyKeyBytes
@@ -95,8 +91,12 @@ Answer = APIV2Answer | APIV1Answer
 
 challenge_decoder = codec.decoder(Challenge)
 probe_decoder = codec.decoder(AnswerProbe)
-v2_answer_decoder = codec.decoder(APIV2Answer)  # type: ignore[arg-type]
-v1_answer_decoder = codec.decoder(APIV1Answer)  # type: ignore[arg-type]
+v2_answer_decoder: msgspec.msgpack.Decoder[APIV2Answer] = msgspec.msgpack.Decoder(
+    APIV2Answer, ext_hook=codec.ext_hook
+)
+v1_answer_decoder: msgspec.msgpack.Decoder[APIV1Answer] = msgspec.msgpack.Decoder(
+    APIV1Answer, ext_hook=codec.ext_hook
+)
 
 
 def build_answer(client_api_version: tuple[int, int], answer: Answer) -> bytes:

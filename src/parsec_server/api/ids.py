@@ -7,7 +7,7 @@ anchor with `\\Z` and so refuse such ids (no client produces them).
 from __future__ import annotations
 
 from email.utils import parseaddr
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import msgspec
@@ -42,18 +42,18 @@ def format_human_handle(handle: HumanHandle) -> str:
     return f"{label} <{email}>"
 
 
-class UserProfile(str, Enum):
+class UserProfile(StrEnum):
     ADMIN = "ADMIN"
     STANDARD = "STANDARD"
     OUTSIDER = "OUTSIDER"
 
 
-class InvitationType(str, Enum):
+class InvitationType(StrEnum):
     USER = "USER"
     DEVICE = "DEVICE"
 
 
-class RealmRole(str, Enum):
+class RealmRole(StrEnum):
     OWNER = "OWNER"
     MANAGER = "MANAGER"
     CONTRIBUTOR = "CONTRIBUTOR"
@@ -69,7 +69,7 @@ def _id_fields(cls: type) -> tuple[tuple[str, int], ...]:
     if fields is None:
         fields = tuple(
             (f.name, _ID_BYTE_LIMITS[f.type])
-            for f in msgspec.structs.fields(cls)  # type: ignore[arg-type]
+            for f in msgspec.structs.fields(cls)
             if f.type in _ID_BYTE_LIMITS
         )
         _id_fields_cache[cls] = fields

@@ -7,7 +7,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from parsec_server.api.protocol import events as events_proto
 from parsec_server.api.protocol import organization as org_proto

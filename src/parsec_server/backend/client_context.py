@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from parsec_server.api.ids import HumanHandle, UserProfile
 from parsec_server.backend.client_events import ClientEvents
 
 
-class HandshakeType(str, Enum):
+class HandshakeType(StrEnum):
     AUTHENTICATED = "AUTHENTICATED"
     INVITED = "INVITED"
     APIV1_AUTHENTICATED = "authenticated"

@@ -58,9 +58,10 @@ class ClientConnection:
                 self.request_close()
                 return
             client.events.on_event(client, event)
-        elif isinstance(client, InvitedClientContext):
-            if self._app.invite.closes_invited_connection(client, event):
-                self.request_close()
+        elif isinstance(client, InvitedClientContext) and (
+            self._app.invite.closes_invited_connection(client, event)
+        ):
+            self.request_close()
 
     def request_close(self) -> None:
         if self._task is not None and not self._close_requested:

@@ -44,8 +44,8 @@ class ConnectionRegistry:
         self._by_organization: dict[str | None, set[ClientConnection]] = defaultdict(set)
         self._by_user: dict[tuple[str, str], set[ClientConnection]] = defaultdict(set)
         self._subscribed_by_organization: dict[str, set[ClientConnection]] = defaultdict(set)
-        self._subscribed_by_realm: dict[tuple[str, uuid.UUID], set[ClientConnection]] = (
-            defaultdict(set)
+        self._subscribed_by_realm: dict[tuple[str, uuid.UUID], set[ClientConnection]] = defaultdict(
+            set
         )
         self._by_client: dict[int, ClientConnection] = {}
 
@@ -96,8 +96,8 @@ class ConnectionRegistry:
         match event:
             case UserRevokedEvent(user_id=user_id):
                 return self._by_user.get((org, user_id), set())
-            case MessageReceivedEvent(recipient=user_id) | InviteStatusChangedEvent(
-                greeter=user_id
+            case (
+                MessageReceivedEvent(recipient=user_id) | InviteStatusChangedEvent(greeter=user_id)
             ):
                 return self._by_user.get((org, user_id), set())
             case RealmRolesUpdatedEvent():

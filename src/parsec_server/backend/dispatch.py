@@ -17,7 +17,6 @@ import msgspec
 from parsec_server.api import codec
 from parsec_server.api.protocol.base import Rep, Req, command_name, error
 
-
 Handler = Callable[[Any, Any], Awaitable[Rep]]
 Precheck = Callable[[Any], Rep | None]
 
@@ -55,7 +54,9 @@ class CommandTable:
         self._by_type = {c.req_type: c for c in commands}
         self._by_name = {c.name: c for c in commands}
         union = Union[tuple(self._by_type)]  # type: ignore[valid-type]  # noqa: UP007
-        self._decoder: msgspec.msgpack.Decoder[Req] = codec.decoder(union)
+        self._decoder: msgspec.msgpack.Decoder[Req] = msgspec.msgpack.Decoder(
+            union, ext_hook=codec.ext_hook
+        )
 
     def __contains__(self, name: str) -> bool:
         return name in self._by_name

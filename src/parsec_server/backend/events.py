@@ -100,7 +100,8 @@ def event_to_json(event: Event) -> str:
 
 
 def event_from_json(raw: str | bytes) -> Event:
-    return _json_decoder.decode(raw)
+    event: Event = _json_decoder.decode(raw)
+    return event
 
 
 EventListener = Callable[[Event], None]

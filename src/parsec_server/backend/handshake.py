@@ -10,10 +10,10 @@ import msgspec
 from parsec_server.api.codec import DateTime
 from parsec_server.api.crypto import CryptoError, secrets_equal, verify_signed
 from parsec_server.api.handshake import (
+    Answer,
     APIV1AdministrationAnswer,
     APIV1AnonymousAnswer,
     APIV1AuthenticatedAnswer,
-    Answer,
     AuthenticatedAnswer,
     HandshakeResult,
     InvitedAnswer,

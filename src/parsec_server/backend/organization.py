@@ -190,13 +190,9 @@ def check_bootstrap_certificates(req: OrganizationBootstrapReq) -> Rep | tuple[U
         d_cert = verify_and_load(DeviceCertificate, req.device_certificate, rvk, None)
         ru_cert = d_ru = None
         if req.redacted_user_certificate is not msgspec.UNSET:
-            ru_cert = verify_and_load(
-                UserCertificate, req.redacted_user_certificate, rvk, None
-            )
+            ru_cert = verify_and_load(UserCertificate, req.redacted_user_certificate, rvk, None)
         if req.redacted_device_certificate is not msgspec.UNSET:
-            d_ru = verify_and_load(
-                DeviceCertificate, req.redacted_device_certificate, rvk, None
-            )
+            d_ru = verify_and_load(DeviceCertificate, req.redacted_device_certificate, rvk, None)
     except CertificateError as exc:
         return _invalid_certification(str(exc))
 
@@ -225,9 +221,7 @@ def check_bootstrap_certificates(req: OrganizationBootstrapReq) -> Rep | tuple[U
                 "invalid_data", "Redacted Device certificate must not contain a device_label field."
             )
     if (ru_cert is None) != (d_ru is None):
-        return error(
-            "invalid_data", "Redacted user&device certificate muste be provided together"
-        )
+        return error("invalid_data", "Redacted user&device certificate muste be provided together")
 
     redacted_user = req.user_certificate
     if not isinstance(req.redacted_user_certificate, msgspec.UnsetType):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable
@@ -57,7 +58,5 @@ class AsgiWebSocket:
         if self.closed:
             return
         self.closed = True
-        try:
+        with contextlib.suppress(OSError):
             await self._send({"type": "websocket.close", "code": code})
-        except OSError:
-            pass

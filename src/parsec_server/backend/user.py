@@ -88,7 +88,9 @@ async def walk_trustchain(
         todo = set()
         for device_id, cd in found.items():
             user_id = user_id_of(device_id)
-            devices[device_id] = cd.redacted_device_certificate if redacted else cd.device_certificate
+            devices[device_id] = (
+                cd.redacted_device_certificate if redacted else cd.device_certificate
+            )
             users[user_id] = cd.redacted_user_certificate if redacted else cd.user_certificate
             if cd.revoked_user_certificate is not None:
                 revoked[user_id] = cd.revoked_user_certificate
@@ -450,9 +452,7 @@ class BaseUserComponent(ABC):
 
 def _check_redacted_device(full: DeviceCertificate, redacted: DeviceCertificate) -> Rep | None:
     if not is_redacted_copy_of(full, redacted, "device_label"):
-        return error(
-            "invalid_data", "Redacted Device certificate differs from Device certificate."
-        )
+        return error("invalid_data", "Redacted Device certificate differs from Device certificate.")
     if redacted.device_label is not None:
         return error(
             "invalid_data", "Redacted Device certificate must not contain a device_label field."

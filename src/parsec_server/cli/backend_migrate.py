@@ -31,9 +31,18 @@ _RETRYABLE_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _param_hint(param: click.Parameter) -> str:
+    # As click 7 (the reference's) words it: `Invalid value for "--db": ...`
+    return " / ".join(f'"{opt}"' for opt in param.opts)
+
+
 def _validate_db_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value.startswith(("postgresql://", "postgres://")):
-        raise click.BadParameter("Must start with `postgresql://` or `postgres://`")
+        raise click.BadParameter(
+            "Must start with `postgresql://` or `postgres://`",
+            ctx=ctx,
+            param_hint=_param_hint(param),
+        )
     return value
 
 
@@ -49,7 +58,9 @@ def _debug_from_env(ctx: click.Context, param: click.Parameter, value: bool) -> 
         return True
     if raw.lower() in _FALSE_STRINGS:
         return False
-    raise click.BadParameter(f"{raw} is not a valid boolean", ctx=ctx, param=param)
+    raise click.BadParameter(
+        f"{raw} is not a valid boolean", ctx=ctx, param_hint=_param_hint(param)
+    )
 
 
 async def connect_with_retries(

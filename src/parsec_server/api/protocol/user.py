@@ -54,4 +54,3 @@ class APIV1UserFindReq(Req, frozen=True, tag="user_find"):
     omit_revoked: bool = False
     page: Page = 1
     per_page: PerPage = 100
-

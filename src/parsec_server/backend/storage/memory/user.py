@@ -99,8 +99,7 @@ class MemoryUserComponent(BaseUserComponent):
             user_certificate=user.redacted_user_certificate if redacted else user.user_certificate,
             revoked_user_certificate=user.revoked_user_certificate,
             device_certificates=[
-                d.redacted_device_certificate if redacted else d.device_certificate
-                for d in devices
+                d.redacted_device_certificate if redacted else d.device_certificate for d in devices
             ],
             trustchain=trustchain,
         )

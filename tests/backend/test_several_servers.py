@@ -1,0 +1,164 @@
+"""Several server processes on one PostgreSQL database behave as one server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from parsec_server.api.addr import BackendAddr
+from parsec_server.api.codec import DateTime
+from parsec_server.api.ids import UserProfile
+from parsec_server.client.certificates import revoked_user_certificate
+from parsec_server.client.connection import BackendConnectionError
+from parsec_server.client.organization import (
+    admin_command,
+    bootstrap_organization,
+    create_organization,
+)
+from parsec_server.client.user import create_user
+from tests.fixtures.servers import (
+    ADMINISTRATION_TOKEN,
+    RunningServer,
+    _server,
+    make_config,
+    new_organization_id,
+)
+
+
+@pytest.fixture
+async def two_servers(migrated_postgresql_url: str) -> AsyncIterator[tuple[RunningServer, ...]]:
+    async with (
+        _server(make_config(migrated_postgresql_url)) as a,
+        _server(make_config(migrated_postgresql_url)) as b,
+    ):
+        yield a, b
+
+
+async def test_revocation_on_one_server_closes_connections_on_the_other(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = two_servers
+    organization_id = new_organization_id()
+    token = await create_organization(a.addr, ADMINISTRATION_TOKEN, organization_id)
+    alice = await bootstrap_organization(b.addr, organization_id, token, None, None)
+    async with await alice.connect() as conn_a:
+        bob = await create_user(conn_a, alice, "bob", "pc", None, UserProfile.STANDARD)
+        bob_on_b = await dataclasses.replace(bob, backend_addr=b.addr).connect()
+        cert = revoked_user_certificate(alice.signing_key, alice.device_id, DateTime.now(), "bob")
+        rep = await conn_a.cmd("user_revoke", revoked_user_certificate=cert)
+        assert rep == {"status": "ok"}
+        with pytest.raises(BackendConnectionError):
+            async with asyncio.timeout(10):
+                while True:
+                    await bob_on_b.cmd("ping", ping="still there?")
+                    await asyncio.sleep(0.05)
+
+
+async def test_expiration_set_on_one_server_closes_connections_on_the_other(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = two_servers
+    organization_id = new_organization_id()
+    token = await create_organization(a.addr, ADMINISTRATION_TOKEN, organization_id)
+    alice = await bootstrap_organization(b.addr, organization_id, token, None, None)
+    async with await alice.connect() as conn_b:
+        rep = await admin_command(
+            a.addr,
+            ADMINISTRATION_TOKEN,
+            "organization_update",
+            organization_id=organization_id,
+            expiration_date=DateTime.now().add(-10),
+        )
+        assert rep == {"status": "ok"}
+        with pytest.raises(BackendConnectionError):
+            async with asyncio.timeout(10):
+                while True:
+                    await conn_b.cmd("ping", ping="still there?")
+                    await asyncio.sleep(0.05)
+
+
+async def test_pinged_event_crosses_servers(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = two_servers
+    organization_id = new_organization_id()
+    token = await create_organization(a.addr, ADMINISTRATION_TOKEN, organization_id)
+    alice = await bootstrap_organization(a.addr, organization_id, token, None, None)
+    async with await alice.connect() as conn_a:
+        bob = await create_user(conn_a, alice, "bob", "pc", None, UserProfile.STANDARD)
+    bob_b = dataclasses.replace(bob, backend_addr=b.addr)
+    async with await bob_b.connect() as listener, await alice.connect() as pinger:
+        assert await listener.cmd("events_subscribe") == {"status": "ok"}
+        await pinger.cmd("ping", ping="hello from a")
+        async with asyncio.timeout(10):
+            rep = await listener.cmd("events_listen", wait=True)
+        assert rep == {"status": "ok", "event": "pinged", "ping": "hello from a"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_workers_share_the_port_and_stop_together(migrated_postgresql_url: str) -> None:
+    port = _free_port()
+    parsec = Path(sys.executable).parent / "parsec"
+    env = {
+        **os.environ,
+        "PARSEC_DB": migrated_postgresql_url,
+        "PARSEC_BLOCKSTORE": "POSTGRESQL",
+        "PARSEC_ADMINISTRATION_TOKEN": ADMINISTRATION_TOKEN,
+        "PARSEC_BACKEND_ADDR": f"parsec://127.0.0.1:{port}?no_ssl=true",
+        "PARSEC_EMAIL_HOST": "MOCKED",
+        "PARSEC_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [str(parsec), "backend", "run", "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        addr = BackendAddr("127.0.0.1", port, False)
+        deadline = time.monotonic() + 30
+        organization_ids = [new_organization_id() for _ in range(6)]
+
+        async def create_all() -> None:
+            for organization_id in organization_ids:
+                await create_organization(addr, ADMINISTRATION_TOKEN, organization_id)
+            for organization_id in organization_ids:
+                rep = await admin_command(
+                    addr,
+                    ADMINISTRATION_TOKEN,
+                    "organization_status",
+                    organization_id=organization_id,
+                )
+                assert rep["status"] == "ok"
+
+        while True:
+            try:
+                asyncio.run(create_all())
+                break
+            except BackendConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    assert proc.returncode is not None, output
+    # Every worker is gone with the parent: nobody listens any more.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
