@@ -1,0 +1,70 @@
+"""`parsec backend run` refuses to start, with one line and before listening, when its
+database cannot be used."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+PARSEC = str(Path(sys.executable).parent / "parsec")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run(db_url: str, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            PARSEC,
+            "backend",
+            "run",
+            "--db",
+            db_url,
+            "--blockstore",
+            "POSTGRESQL",
+            "--administration-token",
+            "t",
+            "--backend-addr",
+            f"parsec://127.0.0.1:{port}?no_ssl=true",
+            "--email-host",
+            "MOCKED",
+            "--port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if "Error" in line]
+
+
+def test_unreachable_database_is_a_one_line_error() -> None:
+    dead_port = _free_port()
+    result = _run(f"postgresql://postgres@127.0.0.1:{dead_port}/parsec", _free_port())
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = _error_lines(result)
+    assert line.startswith("Error: Cannot connect to the database")
+
+
+def test_unmigrated_database_is_refused_with_a_hint_to_migrate(
+    empty_postgresql_url: str,
+) -> None:
+    port = _free_port()
+    result = _run(empty_postgresql_url, port)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = _error_lines(result)
+    assert "parsec backend migrate" in line
+    # Nothing ever listened.
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
