@@ -198,7 +198,7 @@ class NewUser:
             ),
         }
 
-    def request(self, base: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    def request(self, base: dict[str, Any] | None = None, /, **overrides: Any) -> dict[str, Any]:
         """`base` plus the four certificates as request fields; an override is a struct
         (signed with the author key), any other value sent as is, or OMIT."""
         fields: dict[str, Any] = {**(base or {}), **self.signed()}

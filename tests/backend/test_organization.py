@@ -956,7 +956,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/hooks/bootstrap?x=1"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield receiver

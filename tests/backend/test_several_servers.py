@@ -29,17 +29,17 @@ from parsec_server.client.user import create_user
 from tests.fixtures.servers import (
     ADMINISTRATION_TOKEN,
     RunningServer,
-    _server,
     make_config,
     new_organization_id,
+    running_server,
 )
 
 
 @pytest.fixture
 async def two_servers(migrated_postgresql_url: str) -> AsyncIterator[tuple[RunningServer, ...]]:
     async with (
-        _server(make_config(migrated_postgresql_url)) as a,
-        _server(make_config(migrated_postgresql_url)) as b,
+        running_server(make_config(migrated_postgresql_url)) as a,
+        running_server(make_config(migrated_postgresql_url)) as b,
     ):
         yield a, b
 

@@ -1212,14 +1212,24 @@ async def user_find(device: LocalDevice, **fields: Any) -> dict[str, Any]:
 
 async def test_apiv1_user_find_lists_user_ids(org: Organization) -> None:
     async with await org.alice.connect() as conn:
-        await create_user_by(conn, org.alice, "Bea")
+        await create_user_by(conn, org.alice, "carl")
     assert await user_find(org.bob) == {
         "status": "ok",
-        "results": ["alice", "Bea", "bob", "mallory"],
+        "results": ["alice", "bob", "carl", "mallory"],
         "page": 1,
         "per_page": 100,
         "total": 4,
     }
+
+
+async def test_apiv1_user_find_sorts_user_ids_case_insensitively(
+    org: Organization, memory_only: None
+) -> None:
+    async with await org.alice.connect() as conn:
+        await create_user_by(conn, org.alice, "Bea")
+        await create_user_by(conn, org.alice, "Zoe")
+    rep = await user_find(org.bob)
+    assert rep["results"] == ["alice", "Bea", "bob", "mallory", "Zoe"]
 
 
 @pytest.mark.parametrize(

@@ -158,5 +158,45 @@ def decoder(type_: type[T]) -> msgspec.msgpack.Decoder[T]:
 def decode_any(raw: bytes) -> Any:
     try:
         return _any_decoder.decode(raw)
-    except (msgspec.DecodeError, ValueError) as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise CodecError(str(exc)) from exc
+
+
+# The reference decoder's limits (protocol/10-transport.md §3); msgspec has none.
+MAX_STR_BYTES = MAX_BIN_BYTES = MAX_EXT_BYTES = 1024 * 1024
+MAX_ARRAY_LENGTH = 131072
+MAX_MAP_LENGTH = 32768
+
+
+def check_limits(value: Any) -> None:
+    """Raise CodecError if a decoded value holds a str, bin, ext, array or map over the
+    protocol's limits (iterative: nesting depth is already bounded by the decoder)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            # Cheap test first: a str of at most MAX/4 characters fits in MAX UTF-8 bytes.
+            if len(item) > MAX_STR_BYTES // 4 and len(item.encode("utf8")) > MAX_STR_BYTES:
+                raise CodecError("str over the size limit")
+        elif isinstance(item, bytes):
+            if len(item) > MAX_BIN_BYTES:
+                raise CodecError("bin over the size limit")
+        elif isinstance(item, list | tuple):
+            if len(item) > MAX_ARRAY_LENGTH:
+                raise CodecError("array over the size limit")
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if len(item) > MAX_MAP_LENGTH:
+                raise CodecError("map over the size limit")
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, msgspec.msgpack.Ext) and memoryview(item.data).nbytes > MAX_EXT_BYTES:
+            raise CodecError("ext over the size limit")
+
+
+def decode_checked(raw: bytes) -> Any:
+    """Decode a whole message as the reference does before looking at any field: every
+    value is checked (UTF-8, ext payloads, limits), including fields nobody will read."""
+    value = decode_any(raw)
+    check_limits(value)
+    return value

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from parsec_server.api.protocol import events as events_proto
+from parsec_server.api.protocol import invite as invite_proto
 from parsec_server.api.protocol import organization as org_proto
 from parsec_server.api.protocol import ping as ping_proto
 from parsec_server.api.protocol import user as user_proto
@@ -23,7 +24,7 @@ from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.connections import ConnectionRegistry
 from parsec_server.backend.dispatch import Command, CommandTable
 from parsec_server.backend.events import EventBus
-from parsec_server.backend.invite import InviteComponent
+from parsec_server.backend.invite import BaseInviteComponent
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.ping import EventsComponent, PingComponent
 from parsec_server.backend.storage.components import StorageComponents
@@ -36,7 +37,7 @@ class BackendApp:
     event_bus: EventBus
     organization: BaseOrganizationComponent
     user: BaseUserComponent
-    invite: InviteComponent
+    invite: BaseInviteComponent
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
@@ -56,10 +57,12 @@ class BackendApp:
         return self._tables["administration"]
 
     async def on_client_connected(self, client: ClientContext) -> None:
-        pass
+        if isinstance(client, InvitedClientContext):
+            await self.invite.on_claimer_connected(client)
 
     async def on_client_disconnected(self, client: ClientContext) -> None:
-        pass
+        if isinstance(client, InvitedClientContext):
+            await self.invite.on_claimer_disconnected(client)
 
 
 def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
@@ -72,10 +75,27 @@ def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
         Command(user_proto.UserRevokeReq, app.user.api_user_revoke, precheck=require_admin),
         Command(user_proto.HumanFindReq, app.user.api_human_find, precheck=refuse_outsider),
     ]
+    inv = app.invite
     authenticated_v2 = [
         *shared_authenticated,
         Command(user_proto.UserCreateReq, app.user.api_user_create, precheck=require_admin),
         Command(user_proto.DeviceCreateReq, app.user.api_device_create),
+        Command(invite_proto.InviteNewReq, inv.api_invite_new),
+        Command(invite_proto.InviteDeleteReq, inv.api_invite_delete),
+        Command(invite_proto.InviteListReq, inv.api_invite_list),
+        Command(invite_proto.Invite1GreeterWaitPeerReq, inv.api_invite_1_greeter_wait_peer),
+        Command(
+            invite_proto.Invite2aGreeterGetHashedNonceReq,
+            inv.api_invite_2a_greeter_get_hashed_nonce,
+        ),
+        Command(invite_proto.Invite2bGreeterSendNonceReq, inv.api_invite_2b_greeter_send_nonce),
+        Command(
+            invite_proto.Invite3aGreeterWaitPeerTrustReq, inv.api_invite_3a_greeter_wait_peer_trust
+        ),
+        Command(
+            invite_proto.Invite3bGreeterSignifyTrustReq, inv.api_invite_3b_greeter_signify_trust
+        ),
+        Command(invite_proto.Invite4GreeterCommunicateReq, inv.api_invite_4_greeter_communicate),
     ]
     authenticated_v1 = [
         *shared_authenticated,
@@ -94,7 +114,23 @@ def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
         Command(org_proto.OrganizationStatsReq, app.organization.api_organization_stats),
         Command(org_proto.OrganizationUpdateReq, app.organization.api_organization_update),
     ]
-    invited = [ping]
+    invited = [
+        ping,
+        Command(invite_proto.InviteInfoReq, inv.api_invite_info),
+        Command(invite_proto.Invite1ClaimerWaitPeerReq, inv.api_invite_1_claimer_wait_peer),
+        Command(
+            invite_proto.Invite2aClaimerSendHashedNonceReq,
+            inv.api_invite_2a_claimer_send_hashed_nonce,
+        ),
+        Command(invite_proto.Invite2bClaimerSendNonceReq, inv.api_invite_2b_claimer_send_nonce),
+        Command(
+            invite_proto.Invite3aClaimerSignifyTrustReq, inv.api_invite_3a_claimer_signify_trust
+        ),
+        Command(
+            invite_proto.Invite3bClaimerWaitPeerTrustReq, inv.api_invite_3b_claimer_wait_peer_trust
+        ),
+        Command(invite_proto.Invite4ClaimerCommunicateReq, inv.api_invite_4_claimer_communicate),
+    ]
     return {
         "authenticated_v2": CommandTable(authenticated_v2),
         "authenticated_v1": CommandTable(authenticated_v1),
@@ -130,7 +166,7 @@ def _assemble(config: BackendConfig, components: StorageComponents) -> BackendAp
         event_bus=components.event_bus,
         organization=components.organization,
         user=components.user,
-        invite=InviteComponent(components.organization, components.event_bus),
+        invite=components.invite,
         ping=PingComponent(components.event_bus),
         events=EventsComponent(no_realms, connections),
         connections=connections,

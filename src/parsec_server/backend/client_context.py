@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from parsec_server.api.ids import HumanHandle, UserProfile
 from parsec_server.backend.client_events import ClientEvents
+
+if TYPE_CHECKING:
+    from parsec_server.backend.invite import Invitation
 
 
 class HandshakeType(StrEnum):
@@ -32,8 +36,7 @@ class AuthenticatedClientContext:
 @dataclass(slots=True)
 class InvitedClientContext:
     organization_id: str
-    token: object  # the invitation token (codec.ID); invitation details come with issue 3
-    greeter_user_id: str
+    invitation: Invitation  # as it was at handshake time
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from parsec_server.backend.client_context import (
     InvitedClientContext,
 )
 from parsec_server.backend.dispatch import (
+    CLOSE_CONNECTION,
     INVALID_MSG_FORMAT,
     Command,
     CommandTable,
@@ -130,6 +131,9 @@ class ClientConnection:
                     continue
             else:
                 rep = await self._run(command, client, req)
+            if rep is CLOSE_CONNECTION:
+                await self._ws.close(1000)
+                return
             await self._ws.send(codec.encode(rep))
 
     async def _run(self, command: Command, client: ClientContext, req: Req) -> Rep:

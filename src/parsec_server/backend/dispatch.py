@@ -22,6 +22,9 @@ Precheck = Callable[[Any], Rep | None]
 
 UNKNOWN_COMMAND: Rep = {"status": "unknown_command", "reason": "Unknown command"}
 INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid message format"}
+# A handler's answer meaning: close the connection without replying (what a claimer gets
+# when its invitation is deleted under it). Compared by identity.
+CLOSE_CONNECTION: Rep = {"status": "__close__"}
 
 # msgpack type bytes of a map: fixmap, map16, map32.
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
@@ -65,11 +68,17 @@ class CommandTable:
         """Raise InvalidMessageFormat, or return the command to run or the error reply."""
         if not frame or frame[0] not in _MAP_FIRST_BYTES:
             raise InvalidMessageFormat()
+        # The typed decoder skips unknown fields unchecked (invalid UTF-8, bad ext
+        # lengths) and knows no size limits: check the whole message first.
+        try:
+            codec.decode_checked(frame)
+        except codec.CodecError as exc:
+            raise InvalidMessageFormat() from exc
         try:
             req = self._decoder.decode(frame)
         except msgspec.ValidationError as exc:
             return self._validation_error_reply(frame, str(exc), client)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
             raise InvalidMessageFormat() from exc
         command = self._by_type[type(req)]
         if command.precheck is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parsec_server.backend.events import EventBus
+from parsec_server.backend.invite import BaseInviteComponent
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.user import BaseUserComponent
 
@@ -14,3 +15,4 @@ class StorageComponents:
     event_bus: EventBus
     organization: BaseOrganizationComponent
     user: BaseUserComponent
+    invite: BaseInviteComponent

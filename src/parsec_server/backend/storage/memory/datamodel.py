@@ -3,10 +3,19 @@ between a check and its write, which makes each command atomic on the event loop
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
+from parsec_server.backend.invite import Invitation
+from parsec_server.backend.invite_conduit import EMPTY_CONDUIT, ConduitSlots
 from parsec_server.backend.organization import Organization
 from parsec_server.backend.user_types import Device, User
+
+
+@dataclass
+class MemoryInvitation:
+    invitation: Invitation
+    conduit: ConduitSlots = EMPTY_CONDUIT
 
 
 @dataclass
@@ -14,6 +23,7 @@ class MemoryOrganization:
     organization: Organization
     users: dict[str, User] = field(default_factory=dict)
     devices: dict[str, Device] = field(default_factory=dict)
+    invitations: dict[uuid.UUID, MemoryInvitation] = field(default_factory=dict)
     data_size: int = 0
     metadata_size: int = 0
 

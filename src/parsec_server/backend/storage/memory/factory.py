@@ -5,8 +5,10 @@ from collections.abc import AsyncIterator
 
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import MemoryEventBus
+from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.storage.memory.datamodel import MemoryDatamodel
+from parsec_server.backend.storage.memory.invite import MemoryInviteComponent
 from parsec_server.backend.storage.memory.organization import MemoryOrganizationComponent
 from parsec_server.backend.storage.memory.user import MemoryUserComponent
 from parsec_server.backend.webhooks import BootstrapWebhook
@@ -17,8 +19,10 @@ async def memory_components(config: BackendConfig) -> AsyncIterator[StorageCompo
     data = MemoryDatamodel()
     event_bus = MemoryEventBus()
     webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
+    organization = MemoryOrganizationComponent(data, event_bus, webhook)
     yield StorageComponents(
         event_bus=event_bus,
-        organization=MemoryOrganizationComponent(data, event_bus, webhook),
+        organization=organization,
         user=MemoryUserComponent(data, event_bus),
+        invite=MemoryInviteComponent(data, organization, event_bus, InvitationMailer(config)),
     )

@@ -88,7 +88,16 @@ async def postgresql_event_bus(
     try:
         yield bus
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await bus.close()
+        try:
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                # Only the watcher's own cancellation is expected here: a cancellation of
+                # this task (e.g. asyncio.run's SIGINT handling, which turns Ctrl-C into
+                # KeyboardInterrupt) must go on, or the server exits without `bye ;-)`.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        finally:
+            await bus.close()

@@ -4,8 +4,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from parsec_server.backend.config import BackendConfig
+from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.storage.postgresql.event_bus import postgresql_event_bus
+from parsec_server.backend.storage.postgresql.invite import PGInviteComponent
 from parsec_server.backend.storage.postgresql.organization import PGOrganizationComponent
 from parsec_server.backend.storage.postgresql.pool import postgresql_pool
 from parsec_server.backend.storage.postgresql.user import PGUserComponent
@@ -16,8 +18,10 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 async def postgresql_components(config: BackendConfig) -> AsyncIterator[StorageComponents]:
     async with postgresql_pool(config) as pool, postgresql_event_bus(config, pool) as event_bus:
         webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
+        organization = PGOrganizationComponent(pool, event_bus, webhook)
         yield StorageComponents(
             event_bus=event_bus,
-            organization=PGOrganizationComponent(pool, event_bus, webhook),
+            organization=organization,
             user=PGUserComponent(pool, event_bus),
+            invite=PGInviteComponent(pool, organization, event_bus, InvitationMailer(config)),
         )
