@@ -8,6 +8,7 @@ that fails while using it (section `parsec backend run output`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -17,9 +18,11 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -423,11 +426,17 @@ class GuideServer:
 
 
 def guide_environment(
-    database_url: str, port: int, administration_token: str, tls: TlsFiles, tmpdir: Path
+    database_url: str,
+    port: int,
+    administration_token: str,
+    tls: TlsFiles,
+    tmpdir: Path,
+    **overrides: str,
 ) -> dict[str, str]:
     """The variables the guide exports before `parsec backend migrate` and `run` (plus
-    TMPDIR, so that the mocked e-mail folder lands in the test's folder)."""
-    return clean_environment(
+    TMPDIR, so that the mocked e-mail folder lands in the test's folder), then `overrides`
+    (e.g. a real SMTP server instead of the mocked e-mails)."""
+    env = clean_environment(
         TMPDIR=str(tmpdir),
         PARSEC_DB=database_url,
         PARSEC_BLOCKSTORE="POSTGRESQL",
@@ -440,25 +449,35 @@ def guide_environment(
         PARSEC_HOST="127.0.0.1",
         PARSEC_PORT=str(port),
     )
+    env.update(overrides)
+    return env
 
 
 @pytest.fixture(scope="module")
 def guide_server(
     postgresql_url: str, tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GuideServer]:
+    yield from run_guide_server(postgresql_url, tls_files, tmp_path_factory.mktemp("server"))
+
+
+def run_guide_server(
+    postgresql_url: str, tls: TlsFiles, folder: Path, **env_overrides: str
+) -> Generator[GuideServer, None, None]:
+    """Our server on a new database, as the guide sets it up (the `guide_environment`
+    variables, plus `env_overrides`); stopped and its database dropped afterwards."""
     database_url = run_async(create_empty_database(postgresql_url))
     try:
-        yield from _guide_server(database_url, tls_files, tmp_path_factory.mktemp("server"))
+        yield from _guide_server(database_url, tls, folder, env_overrides)
     finally:
         run_async(drop_database(postgresql_url, database_url))
 
 
 def _guide_server(
-    database_url: str, tls: TlsFiles, folder: Path
+    database_url: str, tls: TlsFiles, folder: Path, env_overrides: Mapping[str, str]
 ) -> Generator[GuideServer, None, None]:
     port = free_port()
     token = f"Gu1de-{secrets.token_hex(8)}"
-    env = guide_environment(database_url, port, token, tls, folder)
+    env = guide_environment(database_url, port, token, tls, folder, **env_overrides)
     parsec = our_parsec()
     migrate = run_command([parsec, "backend", "migrate"], env, cwd=folder)
     if migrate.returncode != 0 or any(f"{name} ✔" not in migrate.stdout for name in MIGRATIONS):
@@ -509,6 +528,131 @@ def dev_server(tmp_path: Path) -> Iterator[DevServer]:
         yield DevServer(port, process)
     finally:
         process.stop()
+
+
+# --- Reference client steps shared by the guide tests -----------------------------------
+
+
+PASSWORD = "Guide-P@ssw0rd"
+BOOTSTRAP_URL_LINE = re.compile(r"^Bootstrap organization url: (parsec://\S+)$", re.MULTILINE)
+RESULT_PREFIX = "RESULT "
+
+# Run with the reference Python: loads the device saved by `bootstrap_organization`,
+# connects as it (authenticated handshake), sends `ping` and `user_get` of its own user,
+# and checks the certificates it gets back against the organization's root key.
+AUTHENTICATED_CHECK_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import trio
+
+from parsec.api.data import DeviceCertificateContent, UserCertificateContent
+from parsec.core.backend_connection import backend_authenticated_cmds_factory
+from parsec.core.local_device import list_available_devices, load_device_with_password
+from parsec.logging import configure_logging
+
+
+async def main(config_dir, organization_id, password):
+    [available] = [
+        d for d in list_available_devices(Path(config_dir))
+        if str(d.organization_id) == organization_id
+    ]
+    device = load_device_with_password(available.key_file_path, password)
+    async with backend_authenticated_cmds_factory(
+        device.organization_addr, device.device_id, device.signing_key
+    ) as cmds:
+        ping = await cmds.ping("hello")
+        rep = await cmds.user_get(device.user_id)
+    result = {
+        "ping": ping,
+        "user_get_status": rep["status"],
+        "own_user_id": str(device.user_id),
+        "own_device_id": str(device.device_id),
+    }
+    if rep["status"] == "ok":
+        user = UserCertificateContent.verify_and_load(
+            rep["user_certificate"],
+            author_verify_key=device.root_verify_key,
+            expected_author=None,
+            expected_user=device.user_id,
+        )
+        devices = [
+            DeviceCertificateContent.verify_and_load(
+                certificate, author_verify_key=device.root_verify_key, expected_author=None
+            )
+            for certificate in rep["device_certificates"]
+        ]
+        result.update(
+            user_id=str(user.user_id),
+            human_handle=str(user.human_handle),
+            profile=user.profile.value,
+            revoked=rep["revoked_user_certificate"] is not None,
+            devices={str(d.device_id): d.device_label for d in devices},
+        )
+    print("RESULT " + json.dumps(result))
+
+
+configure_logging(log_level="WARNING")
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def new_organization_name() -> str:
+    return f"Guide{uuid.uuid4().hex[:16]}"
+
+
+def output_of(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout and stderr: the reference prints its `Error: ...` lines on stdout, our CLI
+    on stderr."""
+    return result.stdout + result.stderr
+
+
+def create_organization(cli: Cli, addr: str, token: str, name: str) -> str:
+    """`create_organization`, returns the bootstrap URL it prints."""
+    result = cli.run("core", "create_organization", "--addr", addr, "-T", token, name)
+    assert result.returncode == 0, describe(result)
+    assert "Creating organization in backend" in result.stdout, describe(result)
+    assert "✔" in result.stdout, describe(result)
+    match = BOOTSTRAP_URL_LINE.search(result.stdout)
+    assert match is not None, describe(result)
+    return match.group(1)
+
+
+def bootstrap_organization(
+    cli: Cli, url: str, config_dir: Path, full_name: str, email: str, device_label: str
+) -> subprocess.CompletedProcess[str]:
+    """`bootstrap_organization`, answering the prompts (full name, email, device label)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    return cli.run(
+        "core",
+        "bootstrap_organization",
+        "--config-dir",
+        config_dir,
+        "--password",
+        PASSWORD,
+        url,
+        input=f"{full_name}\n{email}\n{device_label}\n",
+    )
+
+
+def authenticated_check(cli: Cli, config_dir: Path, organization: str) -> dict[str, Any]:
+    result = cli.python(AUTHENTICATED_CHECK_SCRIPT, config_dir, organization, PASSWORD)
+    assert result.returncode == 0, describe(result)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    assert len(lines) == 1, describe(result)
+    outcome: dict[str, Any] = json.loads(lines[0].removeprefix(RESULT_PREFIX))
+    return outcome
+
+
+@dataclass(frozen=True)
+class BootstrappedOrganization:
+    name: str
+    url: str
+    config_dir: Path
+    full_name: str
+    email: str
+    device_label: str
+    result: subprocess.CompletedProcess[str]
 
 
 # --- Server output in failure reports -----------------------------------------------------

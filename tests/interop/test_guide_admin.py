@@ -11,130 +11,32 @@ checking the organization bootstrapped once by the `bootstrapped` fixture.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.interop.conftest import (
     MIGRATIONS,
+    BootstrappedOrganization,
     Cli,
     DevServer,
     GuideServer,
+    authenticated_check,
+    bootstrap_organization,
+    create_organization,
     describe,
+    new_organization_name,
     our_parsec,
+    output_of,
     parse_key_values,
     run_command,
 )
 
 pytestmark = pytest.mark.interop
 
-PASSWORD = "Guide-P@ssw0rd"
 DEV_ADMINISTRATION_TOKEN = "s3cr3t"  # what `--dev` injects
-BOOTSTRAP_URL_LINE = re.compile(r"^Bootstrap organization url: (parsec://\S+)$", re.MULTILINE)
-RESULT_PREFIX = "RESULT "
-
-# Run with the reference Python: loads the device saved by `bootstrap_organization`,
-# connects as it (authenticated handshake), sends `ping` and `user_get` of its own user,
-# and checks the certificates it gets back against the organization's root key.
-AUTHENTICATED_CHECK_SCRIPT = """
-import json, sys
-from pathlib import Path
-
-import trio
-
-from parsec.api.data import DeviceCertificateContent, UserCertificateContent
-from parsec.core.backend_connection import backend_authenticated_cmds_factory
-from parsec.core.local_device import list_available_devices, load_device_with_password
-from parsec.logging import configure_logging
-
-
-async def main(config_dir, organization_id, password):
-    [available] = [
-        d for d in list_available_devices(Path(config_dir))
-        if str(d.organization_id) == organization_id
-    ]
-    device = load_device_with_password(available.key_file_path, password)
-    async with backend_authenticated_cmds_factory(
-        device.organization_addr, device.device_id, device.signing_key
-    ) as cmds:
-        ping = await cmds.ping("hello")
-        rep = await cmds.user_get(device.user_id)
-    result = {
-        "ping": ping,
-        "user_get_status": rep["status"],
-        "own_user_id": str(device.user_id),
-        "own_device_id": str(device.device_id),
-    }
-    if rep["status"] == "ok":
-        user = UserCertificateContent.verify_and_load(
-            rep["user_certificate"],
-            author_verify_key=device.root_verify_key,
-            expected_author=None,
-            expected_user=device.user_id,
-        )
-        devices = [
-            DeviceCertificateContent.verify_and_load(
-                certificate, author_verify_key=device.root_verify_key, expected_author=None
-            )
-            for certificate in rep["device_certificates"]
-        ]
-        result.update(
-            user_id=str(user.user_id),
-            human_handle=str(user.human_handle),
-            profile=user.profile.value,
-            revoked=rep["revoked_user_certificate"] is not None,
-            devices={str(d.device_id): d.device_label for d in devices},
-        )
-    print("RESULT " + json.dumps(result))
-
-
-configure_logging(log_level="WARNING")
-trio.run(main, *sys.argv[1:])
-"""
-
-
-def new_organization_name() -> str:
-    return f"Guide{uuid.uuid4().hex[:16]}"
-
-
-def output_of(result: subprocess.CompletedProcess[str]) -> str:
-    """stdout and stderr: the reference prints its `Error: ...` lines on stdout, our CLI
-    on stderr."""
-    return result.stdout + result.stderr
-
-
-def create_organization(cli: Cli, addr: str, token: str, name: str) -> str:
-    """`create_organization`, returns the bootstrap URL it prints."""
-    result = cli.run("core", "create_organization", "--addr", addr, "-T", token, name)
-    assert result.returncode == 0, describe(result)
-    assert "Creating organization in backend" in result.stdout, describe(result)
-    assert "✔" in result.stdout, describe(result)
-    match = BOOTSTRAP_URL_LINE.search(result.stdout)
-    assert match is not None, describe(result)
-    return match.group(1)
-
-
-def bootstrap_organization(
-    cli: Cli, url: str, config_dir: Path, full_name: str, email: str, device_label: str
-) -> subprocess.CompletedProcess[str]:
-    """`bootstrap_organization`, answering the prompts (full name, email, device label)."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    return cli.run(
-        "core",
-        "bootstrap_organization",
-        "--config-dir",
-        config_dir,
-        "--password",
-        PASSWORD,
-        url,
-        input=f"{full_name}\n{email}\n{device_label}\n",
-    )
 
 
 def admin_command(
@@ -147,26 +49,6 @@ def key_values(cli: Cli, command: str, addr: str, token: str, name: str) -> dict
     result = admin_command(cli, command, addr, token, name)
     assert result.returncode == 0, describe(result)
     return parse_key_values(result.stdout)
-
-
-def authenticated_check(cli: Cli, config_dir: Path, organization: str) -> dict[str, Any]:
-    result = cli.python(AUTHENTICATED_CHECK_SCRIPT, config_dir, organization, PASSWORD)
-    assert result.returncode == 0, describe(result)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    assert len(lines) == 1, describe(result)
-    outcome: dict[str, Any] = json.loads(lines[0].removeprefix(RESULT_PREFIX))
-    return outcome
-
-
-@dataclass(frozen=True)
-class BootstrappedOrganization:
-    name: str
-    url: str
-    config_dir: Path
-    full_name: str
-    email: str
-    device_label: str
-    result: subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from parsec_server.api.protocol import apiv1_invite as apiv1_proto
 from parsec_server.api.protocol import events as events_proto
 from parsec_server.api.protocol import invite as invite_proto
 from parsec_server.api.protocol import organization as org_proto
 from parsec_server.api.protocol import ping as ping_proto
 from parsec_server.api.protocol import user as user_proto
+from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent, require_admin_v1_invite
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
     AnonymousClientContext,
@@ -38,6 +40,7 @@ class BackendApp:
     organization: BaseOrganizationComponent
     user: BaseUserComponent
     invite: BaseInviteComponent
+    apiv1_invite: BaseAPIV1InviteComponent
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
@@ -97,14 +100,37 @@ def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
         ),
         Command(invite_proto.Invite4GreeterCommunicateReq, inv.api_invite_4_greeter_communicate),
     ]
+    v1inv = app.apiv1_invite
     authenticated_v1 = [
         *shared_authenticated,
+        Command(
+            apiv1_proto.APIV1UserInviteReq,
+            v1inv.api_user_invite,
+            precheck=require_admin_v1_invite,
+            breathing=True,
+        ),
+        Command(
+            apiv1_proto.APIV1UserCancelInvitationReq,
+            v1inv.api_user_cancel_invitation,
+            precheck=require_admin,
+        ),
+        Command(apiv1_proto.APIV1DeviceInviteReq, v1inv.api_device_invite, breathing=True),
+        Command(apiv1_proto.APIV1DeviceCancelInvitationReq, v1inv.api_device_cancel_invitation),
         Command(user_proto.APIV1UserCreateReq, app.user.apiv1_user_create, precheck=require_admin),
         Command(user_proto.APIV1DeviceCreateReq, app.user.apiv1_device_create),
         Command(user_proto.APIV1UserFindReq, app.user.apiv1_user_find, precheck=refuse_outsider),
     ]
     anonymous = [
         ping,
+        Command(
+            apiv1_proto.APIV1UserGetInvitationCreatorReq, v1inv.api_user_get_invitation_creator
+        ),
+        Command(apiv1_proto.APIV1UserClaimReq, v1inv.api_user_claim, breathing=True),
+        Command(
+            apiv1_proto.APIV1DeviceGetInvitationCreatorReq,
+            v1inv.api_device_get_invitation_creator,
+        ),
+        Command(apiv1_proto.APIV1DeviceClaimReq, v1inv.api_device_claim, breathing=True),
         Command(org_proto.OrganizationBootstrapReq, app.organization.api_organization_bootstrap),
     ]
     administration = [
@@ -167,6 +193,7 @@ def _assemble(config: BackendConfig, components: StorageComponents) -> BackendAp
         organization=components.organization,
         user=components.user,
         invite=components.invite,
+        apiv1_invite=components.apiv1_invite,
         ping=PingComponent(components.event_bus),
         events=EventsComponent(no_realms, connections),
         connections=connections,

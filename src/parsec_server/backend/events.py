@@ -8,9 +8,11 @@ whether it concerns them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import msgspec
 import structlog
@@ -78,6 +80,29 @@ class RealmMaintenanceFinishedEvent(Event, frozen=True, tag="realm.maintenance_f
     encryption_revision: int
 
 
+class UserCreatedEvent(Event, frozen=True, tag="user.created"):
+    user_id: str
+    user_certificate: bytes
+    first_device_certificate: bytes
+
+
+class DeviceCreatedEvent(Event, frozen=True, tag="device.created"):
+    device_id: str
+    device_certificate: bytes
+    encrypted_answer: bytes
+
+
+class APIV1InvitationClaimedEvent(Event, frozen=True, tag="apiv1.invitation.claimed"):
+    """`invited_id` is a user id (user invitation) or a device id (device invitation)."""
+
+    invited_id: str
+    encrypted_claim: bytes
+
+
+class APIV1InvitationCancelledEvent(Event, frozen=True, tag="apiv1.invitation.cancelled"):
+    invited_id: str
+
+
 AnyEvent = (
     PingedEvent
     | UserRevokedEvent
@@ -89,6 +114,10 @@ AnyEvent = (
     | RealmVlobsUpdatedEvent
     | RealmMaintenanceStartedEvent
     | RealmMaintenanceFinishedEvent
+    | UserCreatedEvent
+    | DeviceCreatedEvent
+    | APIV1InvitationClaimedEvent
+    | APIV1InvitationCancelledEvent
 )
 
 _json_encoder = msgspec.json.Encoder()
@@ -125,6 +154,32 @@ class EventBus(ABC):
 
     @abstractmethod
     async def send(self, event: Event) -> None: ...
+
+
+class EventWaiters:
+    """Lets a command wait for the next event of the cluster matching a predicate.
+    Connected to the event bus once; a waiter is armed before the action whose
+    consequence it waits for, so that nothing can be missed."""
+
+    def __init__(self, event_bus: EventBus) -> None:
+        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        event_bus.connect(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        for predicate, future in self._waiters:
+            if not future.done() and predicate(event):
+                future.set_result(event)
+
+    @contextlib.contextmanager
+    def expect(self, predicate: Callable[[Event], bool]) -> Iterator[asyncio.Future[Event]]:
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        entry = (predicate, future)
+        self._waiters.append(entry)
+        try:
+            yield future
+        finally:
+            self._waiters.remove(entry)
+            future.cancel()
 
 
 class MemoryEventBus(EventBus):

@@ -30,7 +30,12 @@ from parsec_server.api.protocol.user import (
 )
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import AuthenticatedClientContext
-from parsec_server.backend.events import EventBus, UserRevokedEvent
+from parsec_server.backend.events import (
+    DeviceCreatedEvent,
+    EventBus,
+    UserCreatedEvent,
+    UserRevokedEvent,
+)
 from parsec_server.backend.organization import Organization
 from parsec_server.backend.user_types import (
     Device,
@@ -196,6 +201,27 @@ class BaseUserComponent(ABC):
     ) -> UserWithTrustchain | None: ...
 
     @abstractmethod
+    async def certified_devices(
+        self, organization_id: str, device_ids: set[str]
+    ) -> dict[str, CertifiedDevice]:
+        """The given devices (unknown ones left out) with their users' certificates."""
+
+    async def get_device_with_trustchain(
+        self, organization_id: str, device_id: str
+    ) -> tuple[bytes, bytes, Trustchain] | None:
+        """(user certificate, device certificate, trustchain), full versions: what an API 1
+        claimer needs to verify the device that invited it."""
+        found = (await self.certified_devices(organization_id, {device_id})).get(device_id)
+        if found is None:
+            return None
+        trustchain = await walk_trustchain(
+            [found.user_certifier, found.revoked_user_certifier, found.device_certifier],
+            lambda ids: self.certified_devices(organization_id, ids),
+            redacted=False,
+        )
+        return found.user_certificate, found.device_certificate, trustchain
+
+    @abstractmethod
     async def revoke_user(
         self,
         organization_id: str,
@@ -312,27 +338,38 @@ class BaseUserComponent(ABC):
                     "corresponds to a non-revoked user",
                 )
             case None:
-                return OK
+                pass
+        await self._event_bus.send(
+            UserCreatedEvent(
+                organization_id=client.organization_id,
+                user_id=user.user_id,
+                user_certificate=user_certificate,
+                first_device_certificate=device_certificate,
+            )
+        )
+        return OK
 
     async def api_device_create(
         self, client: AuthenticatedClientContext, req: DeviceCreateReq
     ) -> Rep:
         return await self._create_device(
-            client, req.device_certificate, req.redacted_device_certificate or None, api_v1=False
+            client, req.device_certificate, req.redacted_device_certificate or None, None
         )
 
     async def apiv1_device_create(
         self, client: AuthenticatedClientContext, req: APIV1DeviceCreateReq
     ) -> Rep:
-        return await self._create_device(client, req.device_certificate, None, api_v1=True)
+        return await self._create_device(client, req.device_certificate, None, req.encrypted_answer)
 
     async def _create_device(
         self,
         client: AuthenticatedClientContext,
         device_certificate: bytes,
         redacted_device_certificate: bytes | None,
-        api_v1: bool,
+        apiv1_encrypted_answer: bytes | None,
     ) -> Rep:
+        """`apiv1_encrypted_answer` is None for API 2 (relayed to an API 1 claimer)."""
+        api_v1 = apiv1_encrypted_answer is not None
         key, author = client.verify_key, client.device_id
         try:
             d_cert = verify_and_load(DeviceCertificate, device_certificate, key, author)
@@ -367,6 +404,14 @@ class BaseUserComponent(ABC):
         outcome = await self.create_device(client.organization_id, device)
         if outcome is DeviceCreateBadOutcome.ALREADY_EXISTS:
             return error("already_exists", f"Device `{device.device_id}` already exists")
+        await self._event_bus.send(
+            DeviceCreatedEvent(
+                organization_id=client.organization_id,
+                device_id=device.device_id,
+                device_certificate=device_certificate,
+                encrypted_answer=apiv1_encrypted_answer or b"",
+            )
+        )
         return OK
 
     async def api_user_revoke(self, client: AuthenticatedClientContext, req: UserRevokeReq) -> Rep:

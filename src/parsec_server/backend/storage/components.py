@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.invite import BaseInviteComponent
 from parsec_server.backend.organization import BaseOrganizationComponent
@@ -16,3 +17,4 @@ class StorageComponents:
     organization: BaseOrganizationComponent
     user: BaseUserComponent
     invite: BaseInviteComponent
+    apiv1_invite: BaseAPIV1InviteComponent

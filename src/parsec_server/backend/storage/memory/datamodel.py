@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from parsec_server.backend.apiv1_invite import APIV1Invitation, APIV1InvitationKind
 from parsec_server.backend.invite import Invitation
 from parsec_server.backend.invite_conduit import EMPTY_CONDUIT, ConduitSlots
 from parsec_server.backend.organization import Organization
@@ -24,6 +25,9 @@ class MemoryOrganization:
     users: dict[str, User] = field(default_factory=dict)
     devices: dict[str, Device] = field(default_factory=dict)
     invitations: dict[uuid.UUID, MemoryInvitation] = field(default_factory=dict)
+    apiv1_invitations: dict[tuple[APIV1InvitationKind, str], APIV1Invitation] = field(
+        default_factory=dict
+    )
     data_size: int = 0
     metadata_size: int = 0
 

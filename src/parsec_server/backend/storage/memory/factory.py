@@ -4,9 +4,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from parsec_server.backend.config import BackendConfig
-from parsec_server.backend.events import MemoryEventBus
+from parsec_server.backend.events import EventWaiters, MemoryEventBus
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.storage.components import StorageComponents
+from parsec_server.backend.storage.memory.apiv1_invite import MemoryAPIV1InviteComponent
 from parsec_server.backend.storage.memory.datamodel import MemoryDatamodel
 from parsec_server.backend.storage.memory.invite import MemoryInviteComponent
 from parsec_server.backend.storage.memory.organization import MemoryOrganizationComponent
@@ -20,9 +21,11 @@ async def memory_components(config: BackendConfig) -> AsyncIterator[StorageCompo
     event_bus = MemoryEventBus()
     webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
     organization = MemoryOrganizationComponent(data, event_bus, webhook)
+    user = MemoryUserComponent(data, event_bus)
     yield StorageComponents(
         event_bus=event_bus,
         organization=organization,
-        user=MemoryUserComponent(data, event_bus),
+        user=user,
         invite=MemoryInviteComponent(data, organization, event_bus, InvitationMailer(config)),
+        apiv1_invite=MemoryAPIV1InviteComponent(data, event_bus, EventWaiters(event_bus), user),
     )

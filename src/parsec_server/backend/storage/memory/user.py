@@ -72,29 +72,11 @@ class MemoryUserComponent(BaseUserComponent):
             return None
         devices = [d for d in org.devices.values() if d.user_id == user_id]
 
-        async def fetch(device_ids: set[str]) -> dict[str, CertifiedDevice]:
-            assert org is not None
-            found = {}
-            for device_id in device_ids:
-                device = org.devices.get(device_id)
-                if device is None:
-                    continue
-                owner = org.users[device.user_id]
-                found[device_id] = CertifiedDevice(
-                    device.device_certificate,
-                    device.redacted_device_certificate,
-                    device.device_certifier,
-                    owner.user_certificate,
-                    owner.redacted_user_certificate,
-                    owner.user_certifier,
-                    owner.revoked_user_certificate,
-                    owner.revoked_user_certifier,
-                )
-            return found
-
         start = [user.user_certifier, user.revoked_user_certifier]
         start += [d.device_certifier for d in devices]
-        trustchain = await walk_trustchain(start, fetch, redacted)
+        trustchain = await walk_trustchain(
+            start, lambda ids: self.certified_devices(organization_id, ids), redacted
+        )
         return UserWithTrustchain(
             user_certificate=user.redacted_user_certificate if redacted else user.user_certificate,
             revoked_user_certificate=user.revoked_user_certificate,
@@ -103,6 +85,28 @@ class MemoryUserComponent(BaseUserComponent):
             ],
             trustchain=trustchain,
         )
+
+    async def certified_devices(
+        self, organization_id: str, device_ids: set[str]
+    ) -> dict[str, CertifiedDevice]:
+        org = self._data.organizations[organization_id]
+        found = {}
+        for device_id in device_ids:
+            device = org.devices.get(device_id)
+            if device is None:
+                continue
+            owner = org.users[device.user_id]
+            found[device_id] = CertifiedDevice(
+                device.device_certificate,
+                device.redacted_device_certificate,
+                device.device_certifier,
+                owner.user_certificate,
+                owner.redacted_user_certificate,
+                owner.user_certifier,
+                owner.revoked_user_certificate,
+                owner.revoked_user_certifier,
+            )
+        return found
 
     async def revoke_user(
         self,

@@ -4,8 +4,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from parsec_server.backend.config import BackendConfig
+from parsec_server.backend.events import EventWaiters
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.storage.components import StorageComponents
+from parsec_server.backend.storage.postgresql.apiv1_invite import PGAPIV1InviteComponent
 from parsec_server.backend.storage.postgresql.event_bus import postgresql_event_bus
 from parsec_server.backend.storage.postgresql.invite import PGInviteComponent
 from parsec_server.backend.storage.postgresql.organization import PGOrganizationComponent
@@ -19,9 +21,11 @@ async def postgresql_components(config: BackendConfig) -> AsyncIterator[StorageC
     async with postgresql_pool(config) as pool, postgresql_event_bus(config, pool) as event_bus:
         webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
         organization = PGOrganizationComponent(pool, event_bus, webhook)
+        user = PGUserComponent(pool, event_bus)
         yield StorageComponents(
             event_bus=event_bus,
             organization=organization,
-            user=PGUserComponent(pool, event_bus),
+            user=user,
             invite=PGInviteComponent(pool, organization, event_bus, InvitationMailer(config)),
+            apiv1_invite=PGAPIV1InviteComponent(pool, event_bus, EventWaiters(event_bus), user),
         )

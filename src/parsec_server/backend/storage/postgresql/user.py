@@ -173,6 +173,25 @@ async def _insert_device(conn: asyncpg.Connection, organization: int, device: De
     return inserted is not None
 
 
+async def _certified_devices(
+    conn: asyncpg.Connection, organization_id: str, device_ids: set[str]
+) -> dict[str, CertifiedDevice]:
+    rows = await conn.fetch(_SQL_GET_CERTIFIED_DEVICES, organization_id, list(device_ids))
+    return {
+        r["device_id"]: CertifiedDevice(
+            r["device_certificate"],
+            r["redacted_device_certificate"],
+            r["device_certifier"],
+            r["user_certificate"],
+            r["redacted_user_certificate"],
+            r["user_certifier"],
+            r["revoked_user_certificate"],
+            r["revoker"],
+        )
+        for r in rows
+    }
+
+
 class PGUserComponent(BaseUserComponent):
     def __init__(self, pool: asyncpg.Pool, event_bus: EventBus) -> None:
         super().__init__(event_bus)
@@ -248,33 +267,23 @@ class PGUserComponent(BaseUserComponent):
             if row is None:
                 return None
 
-            async def fetch(device_ids: set[str]) -> dict[str, CertifiedDevice]:
-                rows = await conn.fetch(
-                    _SQL_GET_CERTIFIED_DEVICES, organization_id, list(device_ids)
-                )
-                return {
-                    r["device_id"]: CertifiedDevice(
-                        r["device_certificate"],
-                        r["redacted_device_certificate"],
-                        r["device_certifier"],
-                        r["user_certificate"],
-                        r["redacted_user_certificate"],
-                        r["user_certifier"],
-                        r["revoked_user_certificate"],
-                        r["revoker"],
-                    )
-                    for r in rows
-                }
-
             start = [row["user_certifier"], row["revoker"]]
             start += [d[2] for d in row["devices"]]
-            trustchain = await walk_trustchain(start, fetch, redacted)
+            trustchain = await walk_trustchain(
+                start, lambda ids: _certified_devices(conn, organization_id, ids), redacted
+            )
         return UserWithTrustchain(
             user_certificate=row["redacted_user_certificate" if redacted else "user_certificate"],
             revoked_user_certificate=row["revoked_user_certificate"],
             device_certificates=[d[1] if redacted else d[0] for d in row["devices"]],
             trustchain=trustchain,
         )
+
+    async def certified_devices(
+        self, organization_id: str, device_ids: set[str]
+    ) -> dict[str, CertifiedDevice]:
+        async with self._pool.acquire() as conn:
+            return await _certified_devices(conn, organization_id, device_ids)
 
     async def revoke_user(
         self,
