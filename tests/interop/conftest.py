@@ -537,18 +537,19 @@ PASSWORD = "Guide-P@ssw0rd"
 BOOTSTRAP_URL_LINE = re.compile(r"^Bootstrap organization url: (parsec://\S+)$", re.MULTILINE)
 RESULT_PREFIX = "RESULT "
 
-# Run with the reference Python: loads the device saved by `bootstrap_organization`,
-# connects as it (authenticated handshake), sends `ping` and `user_get` of its own user,
-# and checks the certificates it gets back against the organization's root key.
+# Run with the reference Python: loads the device of the organization saved in the
+# configuration folder (by `bootstrap_organization` or `claim_invitation`), connects as it
+# (authenticated handshake), sends `ping` and `user_get` of its own user, and checks the
+# certificates it gets back (with their trustchain) up to the organization's root key.
 AUTHENTICATED_CHECK_SCRIPT = """
 import json, sys
 from pathlib import Path
 
 import trio
 
-from parsec.api.data import DeviceCertificateContent, UserCertificateContent
 from parsec.core.backend_connection import backend_authenticated_cmds_factory
 from parsec.core.local_device import list_available_devices, load_device_with_password
+from parsec.core.trustchain import TrustchainContext
 from parsec.logging import configure_logging
 
 
@@ -570,20 +571,17 @@ async def main(config_dir, organization_id, password):
         "own_device_id": str(device.device_id),
     }
     if rep["status"] == "ok":
-        user = UserCertificateContent.verify_and_load(
+        trustchain = TrustchainContext(device.root_verify_key, cache_validity=0)
+        user, _, devices = trustchain.load_user_and_devices(
+            rep["trustchain"],
             rep["user_certificate"],
-            author_verify_key=device.root_verify_key,
-            expected_author=None,
-            expected_user=device.user_id,
+            rep["revoked_user_certificate"],
+            rep["device_certificates"],
+            expected_user_id=device.user_id,
         )
-        devices = [
-            DeviceCertificateContent.verify_and_load(
-                certificate, author_verify_key=device.root_verify_key, expected_author=None
-            )
-            for certificate in rep["device_certificates"]
-        ]
         result.update(
             user_id=str(user.user_id),
+            user_certificate_author=None if user.author is None else str(user.author),
             human_handle=str(user.human_handle),
             profile=user.profile.value,
             revoked=rep["revoked_user_certificate"] is not None,

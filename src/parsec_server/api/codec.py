@@ -166,6 +166,7 @@ def decode_any(raw: bytes) -> Any:
 MAX_STR_BYTES = MAX_BIN_BYTES = MAX_EXT_BYTES = 1024 * 1024
 MAX_ARRAY_LENGTH = 131072
 MAX_MAP_LENGTH = 32768
+_SMALLEST_OVER_LIMIT = 2 * MAX_MAP_LENGTH
 
 
 def check_limits(value: Any) -> None:
@@ -198,5 +199,8 @@ def decode_checked(raw: bytes) -> Any:
     """Decode a whole message as the reference does before looking at any field: every
     value is checked (UTF-8, ext payloads, limits), including fields nobody will read."""
     value = decode_any(raw)
-    check_limits(value)
+    # No limit can be exceeded by a message smaller than the smallest one (a map of
+    # MAX_MAP_LENGTH entries needs at least two bytes per entry): skip the walk.
+    if len(raw) > _SMALLEST_OVER_LIMIT:
+        check_limits(value)
     return value

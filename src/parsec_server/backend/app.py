@@ -4,17 +4,21 @@ connections and the command tables. Everything with a lifetime is owned here."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from parsec_server.api.protocol import apiv1_invite as apiv1_proto
+from parsec_server.api.protocol import block as block_proto
 from parsec_server.api.protocol import events as events_proto
 from parsec_server.api.protocol import invite as invite_proto
+from parsec_server.api.protocol import message as message_proto
 from parsec_server.api.protocol import organization as org_proto
 from parsec_server.api.protocol import ping as ping_proto
+from parsec_server.api.protocol import realm as realm_proto
 from parsec_server.api.protocol import user as user_proto
+from parsec_server.api.protocol import vlob as vlob_proto
 from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent, require_admin_v1_invite
+from parsec_server.backend.block import BaseBlockComponent
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
     AnonymousClientContext,
@@ -27,10 +31,13 @@ from parsec_server.backend.connections import ConnectionRegistry
 from parsec_server.backend.dispatch import Command, CommandTable
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.invite import BaseInviteComponent
+from parsec_server.backend.message import BaseMessageComponent
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.ping import EventsComponent, PingComponent
+from parsec_server.backend.realm import BaseRealmComponent, refuse_outsider_realm_creation
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.user import BaseUserComponent, refuse_outsider, require_admin
+from parsec_server.backend.vlob import BaseVlobComponent
 
 
 @dataclass
@@ -41,6 +48,10 @@ class BackendApp:
     user: BaseUserComponent
     invite: BaseInviteComponent
     apiv1_invite: BaseAPIV1InviteComponent
+    realm: BaseRealmComponent
+    vlob: BaseVlobComponent
+    block: BaseBlockComponent
+    message: BaseMessageComponent
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
@@ -77,6 +88,39 @@ def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
         Command(user_proto.UserGetReq, app.user.api_user_get),
         Command(user_proto.UserRevokeReq, app.user.api_user_revoke, precheck=require_admin),
         Command(user_proto.HumanFindReq, app.user.api_human_find, precheck=refuse_outsider),
+        Command(message_proto.MessageGetReq, app.message.api_message_get),
+        Command(
+            realm_proto.RealmCreateReq,
+            app.realm.api_realm_create,
+            precheck=refuse_outsider_realm_creation,
+        ),
+        Command(realm_proto.RealmStatusReq, app.realm.api_realm_status),
+        Command(realm_proto.RealmStatsReq, app.realm.api_realm_stats),
+        Command(realm_proto.RealmGetRoleCertificatesReq, app.realm.api_realm_get_role_certificates),
+        Command(realm_proto.RealmUpdateRolesReq, app.realm.api_realm_update_roles),
+        Command(
+            realm_proto.RealmStartReencryptionMaintenanceReq,
+            app.realm.api_realm_start_reencryption_maintenance,
+        ),
+        Command(
+            realm_proto.RealmFinishReencryptionMaintenanceReq,
+            app.realm.api_realm_finish_reencryption_maintenance,
+        ),
+        Command(vlob_proto.VlobCreateReq, app.vlob.api_vlob_create),
+        Command(vlob_proto.VlobReadReq, app.vlob.api_vlob_read),
+        Command(vlob_proto.VlobUpdateReq, app.vlob.api_vlob_update),
+        Command(vlob_proto.VlobPollChangesReq, app.vlob.api_vlob_poll_changes),
+        Command(vlob_proto.VlobListVersionsReq, app.vlob.api_vlob_list_versions),
+        Command(
+            vlob_proto.VlobMaintenanceGetReencryptionBatchReq,
+            app.vlob.api_vlob_maintenance_get_reencryption_batch,
+        ),
+        Command(
+            vlob_proto.VlobMaintenanceSaveReencryptionBatchReq,
+            app.vlob.api_vlob_maintenance_save_reencryption_batch,
+        ),
+        Command(block_proto.BlockCreateReq, app.block.api_block_create),
+        Command(block_proto.BlockReadReq, app.block.api_block_read),
     ]
     inv = app.invite
     authenticated_v2 = [
@@ -183,9 +227,6 @@ async def backend_app_factory(config: BackendConfig) -> AsyncIterator[BackendApp
 
 
 def _assemble(config: BackendConfig, components: StorageComponents) -> BackendApp:
-    async def no_realms(organization_id: str, user_id: str) -> set[uuid.UUID]:
-        return set()
-
     connections = ConnectionRegistry()
     return BackendApp(
         config=config,
@@ -194,7 +235,11 @@ def _assemble(config: BackendConfig, components: StorageComponents) -> BackendAp
         user=components.user,
         invite=components.invite,
         apiv1_invite=components.apiv1_invite,
+        realm=components.realm,
+        vlob=components.vlob,
+        block=components.block,
+        message=components.message,
         ping=PingComponent(components.event_bus),
-        events=EventsComponent(no_realms, connections),
+        events=EventsComponent(components.realm.realms_of_user, connections),
         connections=connections,
     )

@@ -7,7 +7,7 @@ import uuid
 from collections import defaultdict
 from typing import TYPE_CHECKING, TypeVar
 
-from parsec_server.backend.client_context import AuthenticatedClientContext
+from parsec_server.backend.client_context import AuthenticatedClientContext, InvitedClientContext
 from parsec_server.backend.events import (
     Event,
     InviteStatusChangedEvent,
@@ -43,6 +43,8 @@ class ConnectionRegistry:
     def __init__(self) -> None:
         self._by_organization: dict[str | None, set[ClientConnection]] = defaultdict(set)
         self._by_user: dict[tuple[str, str], set[ClientConnection]] = defaultdict(set)
+        # Claimer connections, by (organization, invitation token).
+        self._by_invitation: dict[tuple[str, uuid.UUID], set[ClientConnection]] = defaultdict(set)
         self._subscribed_by_organization: dict[str, set[ClientConnection]] = defaultdict(set)
         self._subscribed_by_realm: dict[tuple[str, uuid.UUID], set[ClientConnection]] = defaultdict(
             set
@@ -55,6 +57,8 @@ class ConnectionRegistry:
         _add(self._by_organization, getattr(client, "organization_id", None), conn)
         if isinstance(client, AuthenticatedClientContext):
             _add(self._by_user, (client.organization_id, client.user_id), conn)
+        elif isinstance(client, InvitedClientContext):
+            _add(self._by_invitation, (client.organization_id, client.invitation.token), conn)
 
     def unregister(self, conn: ClientConnection) -> None:
         client = conn.client
@@ -67,6 +71,9 @@ class ConnectionRegistry:
                 _remove(self._subscribed_by_organization, client.organization_id, conn)
                 for realm_id in client.events.realms:
                     _remove(self._subscribed_by_realm, (client.organization_id, realm_id), conn)
+        elif isinstance(client, InvitedClientContext):
+            key = (client.organization_id, client.invitation.token)
+            _remove(self._by_invitation, key, conn)
 
     def subscribe(self, client: AuthenticatedClientContext, realms: set[uuid.UUID]) -> None:
         conn = self._by_client.get(id(client))
@@ -96,10 +103,12 @@ class ConnectionRegistry:
         match event:
             case UserRevokedEvent(user_id=user_id):
                 return self._by_user.get((org, user_id), set())
-            case (
-                MessageReceivedEvent(recipient=user_id) | InviteStatusChangedEvent(greeter=user_id)
-            ):
+            case MessageReceivedEvent(recipient=user_id):
                 return self._by_user.get((org, user_id), set())
+            case InviteStatusChangedEvent(greeter=user_id, token=token):
+                # The greeter's connections (events), and the claimer's (closed on deletion).
+                greeters = self._by_user.get((org, user_id), set())
+                return greeters | self._by_invitation.get((org, token), set())
             case RealmRolesUpdatedEvent():
                 self._follow_role_change(event)
                 return self._by_user.get((org, event.user_id), set())

@@ -93,6 +93,20 @@ def _device_invitation_text(organization_id: str, url: str) -> tuple[str, str]:
     return text, html
 
 
+def _charset(text: str) -> str:
+    # As the reference's MIMEText: us-ascii when it suffices (EmailMessage says utf-8).
+    return "us-ascii" if text.isascii() else "utf-8"
+
+
+def invitation_recipient(invitation: Invitation) -> str:
+    """The claimer's email (USER), or the greeter's own (DEVICE)."""
+    if invitation.type is InvitationType.USER:
+        assert invitation.claimer_email is not None
+        return invitation.claimer_email
+    assert invitation.greeter_human_handle is not None
+    return invitation.greeter_human_handle[0]
+
+
 def build_invitation_message(
     config: BackendConfig, sender: str, organization_id: str, invitation: Invitation
 ) -> EmailMessage:
@@ -102,7 +116,7 @@ def build_invitation_message(
     if invitation.type is InvitationType.USER:
         assert invitation.claimer_email is not None
         greeter = _greeter_name(invitation)
-        message["To"] = invitation.claimer_email
+        message["To"] = invitation_recipient(invitation)
         message["Subject"] = f"[Parsec] {greeter} invited you to {organization_id}"
         if invitation.greeter_human_handle is not None:
             email, label = invitation.greeter_human_handle
@@ -110,11 +124,11 @@ def build_invitation_message(
         text, html = _user_invitation_text(greeter, organization_id, url)
     else:
         assert invitation.greeter_human_handle is not None
-        message["To"] = invitation.greeter_human_handle[0]
+        message["To"] = invitation_recipient(invitation)
         message["Subject"] = f"[Parsec] New device invitation to {organization_id}"
         text, html = _device_invitation_text(organization_id, url)
-    message.set_content(text)
-    message.add_alternative(html, subtype="html")
+    message.set_content(text, charset=_charset(text))
+    message.add_alternative(html, subtype="html", charset=_charset(html))
     return message
 
 
@@ -125,13 +139,18 @@ class InvitationMailer:
     async def send_invitation(self, organization_id: str, invitation: Invitation) -> None:
         """Failures are logged, never raised: the invitation exists whatever happens."""
         email_config = self._config.email
-        message = build_invitation_message(
-            self._config, email_config.sender, organization_id, invitation
-        )
+        recipient = invitation_recipient(invitation)
+        try:
+            message = build_invitation_message(
+                self._config, email_config.sender, organization_id, invitation
+            )
+        except ValueError as exc:  # e.g. a claimer email with a line break
+            logger.warning("invitation e-mail not sent", to=recipient, error=str(exc))
+            return
         if isinstance(email_config, MockedEmailConfig):
             await asyncio.to_thread(_write_mocked, email_config, message)
         else:
-            await _send_smtp(email_config, message)
+            await _send_smtp(email_config, message, recipient)
 
 
 def _write_mocked(config: MockedEmailConfig, message: EmailMessage) -> None:
@@ -148,10 +167,14 @@ You can find the message at: {f.name}""",
     )
 
 
-async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage) -> None:
+async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: str) -> None:
     try:
         await aiosmtplib.send(
             message,
+            # The envelope names the single recipient (the `To` header is not parsed:
+            # a claimer email is any string, "a@x, b@y" included).
+            sender=config.sender,
+            recipients=[recipient],
             hostname=config.host,
             port=config.port,
             username=config.host_user if config.host_password else None,
@@ -160,10 +183,11 @@ async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage) -> None:
             start_tls=config.use_tls and not config.use_ssl,
             timeout=SMTP_TIMEOUT_SECONDS,
         )
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+        # ValueError: an address aiosmtplib refuses to send (e.g. non-encodable).
         logger.warning(
             "invitation e-mail not sent",
-            to=message["To"],
+            to=recipient,
             smtp_host=config.host,
             smtp_port=config.port,
             error=str(exc) or type(exc).__name__,

@@ -15,6 +15,15 @@ from parsec_server.cli.core_admin import (
     stats_organization,
     status_organization,
 )
+from parsec_server.cli.core_device import bootstrap_organization, list_devices
+from parsec_server.cli.core_invite import (
+    cancel_invitation,
+    claim_invitation,
+    greet_invitation,
+    invite_device,
+    invite_user,
+    list_invitations,
+)
 
 CMD_ARGS_ENVVAR = "PARSEC_CMD_ARGS"
 
@@ -63,3 +72,11 @@ backend.add_command(migrate)
 core.add_command(create_organization)
 core.add_command(status_organization)
 core.add_command(stats_organization)
+core.add_command(bootstrap_organization)
+core.add_command(list_devices)
+core.add_command(invite_user)
+core.add_command(invite_device)
+core.add_command(list_invitations)
+core.add_command(cancel_invitation)
+core.add_command(greet_invitation)
+core.add_command(claim_invitation)

@@ -8,12 +8,13 @@ from nacl.signing import SigningKey, VerifyKey
 
 from parsec_server.api.certificates import (
     DeviceCertificate,
+    RealmRoleCertificate,
     RevokedUserCertificate,
     UserCertificate,
     sign_certificate,
 )
-from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import HumanHandle, UserProfile
+from parsec_server.api.codec import ID, DateTime
+from parsec_server.api.ids import HumanHandle, RealmRole, UserProfile
 
 
 def user_certificates(
@@ -64,4 +65,21 @@ def revoked_user_certificate(
 ) -> bytes:
     return sign_certificate(
         RevokedUserCertificate(author=author, timestamp=timestamp, user_id=user_id), author_key
+    )
+
+
+def realm_role_certificate(
+    author_key: SigningKey,
+    author: str,
+    timestamp: DateTime,
+    realm_id: ID,
+    user_id: str,
+    role: RealmRole | None,
+) -> bytes:
+    """A role grant (`role` None removes the user's access)."""
+    return sign_certificate(
+        RealmRoleCertificate(
+            author=author, timestamp=timestamp, realm_id=realm_id, user_id=user_id, role=role
+        ),
+        author_key,
     )

@@ -6,17 +6,64 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from parsec_server.api.codec import DateTime
+from parsec_server.api.ids import RealmRole
 from parsec_server.backend.apiv1_invite import APIV1Invitation, APIV1InvitationKind
 from parsec_server.backend.invite import Invitation
 from parsec_server.backend.invite_conduit import EMPTY_CONDUIT, ConduitSlots
+from parsec_server.backend.message import Message
 from parsec_server.backend.organization import Organization
+from parsec_server.backend.realm_types import RoleGrant
 from parsec_server.backend.user_types import Device, User
+from parsec_server.backend.vlob import VlobVersion
 
 
 @dataclass
 class MemoryInvitation:
     invitation: Invitation
     conduit: ConduitSlots = EMPTY_CONDUIT
+
+
+@dataclass
+class MemoryRealm:
+    realm_id: uuid.UUID
+    roles: list[RoleGrant]
+    encryption_revision: int = 1
+    maintenance_started_on: DateTime | None = None
+    maintenance_started_by: str | None = None
+    checkpoint: int = 0
+    vlob_updates: list[tuple[int, uuid.UUID, int]] = field(default_factory=list)
+    # During a re-encryption: (vlob id, version) -> blob at the new revision, once saved.
+    reencryption: dict[tuple[uuid.UUID, int], bytes | None] = field(default_factory=dict)
+    blocks_size: int = 0
+
+    @property
+    def in_maintenance(self) -> bool:
+        return self.maintenance_started_on is not None
+
+    def current_role(self, user_id: str) -> RealmRole | None:
+        """The role of the latest certificate (ties: the last one received)."""
+        current: RoleGrant | None = None
+        for grant in self.roles:
+            if grant.user_id == user_id and (
+                current is None or grant.granted_on >= current.granted_on
+            ):
+                current = grant
+        return None if current is None else current.role
+
+
+@dataclass
+class MemoryVlob:
+    realm_id: uuid.UUID
+    versions: list[VlobVersion]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBlock:
+    realm_id: uuid.UUID
+    author: str
+    size: int
+    created_on: DateTime
 
 
 @dataclass
@@ -28,8 +75,23 @@ class MemoryOrganization:
     apiv1_invitations: dict[tuple[APIV1InvitationKind, str], APIV1Invitation] = field(
         default_factory=dict
     )
-    data_size: int = 0
-    metadata_size: int = 0
+    realms: dict[uuid.UUID, MemoryRealm] = field(default_factory=dict)
+    vlobs: dict[uuid.UUID, MemoryVlob] = field(default_factory=dict)
+    blocks: dict[uuid.UUID, MemoryBlock] = field(default_factory=dict)
+    messages: dict[str, list[Message]] = field(default_factory=dict)
+
+    @property
+    def data_size(self) -> int:
+        return sum(block.size for block in self.blocks.values())
+
+    @property
+    def metadata_size(self) -> int:
+        return sum(len(v.blob) for vlob in self.vlobs.values() for v in vlob.versions)
+
+    def append_message(self, recipient: str, sender: str, timestamp: DateTime, body: bytes) -> int:
+        messages = self.messages.setdefault(recipient, [])
+        messages.append(Message(len(messages) + 1, sender, timestamp, body))
+        return len(messages)
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""Builds the configured blockstore, for the server's lifetime.
+
+`async with blockstore_factory(config, pool) as blockstore:` starts the store (S3 and
+Swift check their bucket/container: StartupError, with a one-line message, if they
+cannot be used, and the server does not start) and closes it (its connections) at exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from parsec_server.backend.blockstore.base import BlockStore
+from parsec_server.backend.blockstore.memory import MemoryBlockStore
+from parsec_server.backend.blockstore.remote import DEFAULT_TIMEOUTS, RemoteTimeouts
+from parsec_server.backend.config import (
+    BlockstoreConfig,
+    MockedBlockstoreConfig,
+    PostgreSQLBlockstoreConfig,
+    RaidBlockstoreConfig,
+    S3BlockstoreConfig,
+    SingleBlockstoreConfig,
+    StartupError,
+    SwiftBlockstoreConfig,
+)
+
+
+@contextlib.asynccontextmanager
+async def blockstore_factory(
+    config: BlockstoreConfig,
+    postgresql_pool: Any | None,
+    timeouts: RemoteTimeouts = DEFAULT_TIMEOUTS,
+) -> AsyncIterator[BlockStore]:
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(config, RaidBlockstoreConfig):
+            yield await _start_raid(config, postgresql_pool, timeouts, stack)
+        else:
+            yield await _start_single(config, postgresql_pool, timeouts, stack)
+
+
+async def _start_raid(
+    config: RaidBlockstoreConfig,
+    postgresql_pool: Any | None,
+    timeouts: RemoteTimeouts,
+    stack: contextlib.AsyncExitStack,
+) -> BlockStore:
+    from parsec_server.backend.blockstore.raid import (
+        Raid0BlockStore,
+        Raid1BlockStore,
+        Raid5BlockStore,
+    )
+
+    if config.mode == "RAID5" and len(config.nodes) < 3:
+        raise StartupError("RAID5 block store needs at least 3 nodes")
+    nodes: list[BlockStore] = []
+    for index, node_config in enumerate(config.nodes):
+        try:
+            nodes.append(await _start_single(node_config, postgresql_pool, timeouts, stack))
+        except StartupError as exc:
+            raise StartupError(f"{config.mode} node {index}: {exc}") from exc
+    # Each node is closed by the exit stack (also when a later node fails to start).
+    match config.mode:
+        case "RAID0":
+            return Raid0BlockStore(nodes)
+        case "RAID1":
+            return Raid1BlockStore(nodes)
+        case "RAID5":
+            return Raid5BlockStore(nodes)
+
+
+async def _start_single(
+    config: SingleBlockstoreConfig,
+    postgresql_pool: Any | None,
+    timeouts: RemoteTimeouts,
+    stack: contextlib.AsyncExitStack,
+) -> BlockStore:
+    store: BlockStore
+    match config:
+        case MockedBlockstoreConfig():
+            store = MemoryBlockStore()
+        case PostgreSQLBlockstoreConfig():
+            if postgresql_pool is None:
+                raise StartupError("PostgreSQL block store is not available")
+            from parsec_server.backend.blockstore.postgresql import PostgreSQLBlockStore
+
+            store = PostgreSQLBlockStore(postgresql_pool)
+        case S3BlockstoreConfig():
+            from parsec_server.backend.blockstore.s3 import S3BlockStore
+
+            store = await S3BlockStore.start(config, timeouts)
+        case SwiftBlockstoreConfig():
+            from parsec_server.backend.blockstore.swift import SwiftBlockStore
+
+            store = await SwiftBlockStore.start(config, timeouts)
+    stack.push_async_callback(store.close)
+    return store

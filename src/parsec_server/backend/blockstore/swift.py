@@ -1,0 +1,147 @@
+"""OpenStack Swift (`swift:<auth_url>:<tenant>:<container>:<user>:<password>`),
+protocol/50-block-blockstore.md section 5.2.
+
+python-swiftclient is synchronous: each call runs in a worker thread (`asyncio.to_thread`).
+A `swiftclient.Connection` (its token and HTTP session) is not safe to share between
+threads, so each call borrows one from a small pool and gives it back, keeping the
+authentication and the HTTP connection for the next call. Auth version 1.0 with
+`X-Auth-User: <user>:<tenant>` and `X-Auth-Key: <password>`, as the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import swiftclient  # type: ignore[import-untyped, unused-ignore]
+
+from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
+from parsec_server.backend.blockstore.remote import (
+    DEFAULT_TIMEOUTS,
+    RemoteTimeouts,
+    log_unavailable,
+    object_key,
+    one_line,
+)
+from parsec_server.backend.config import StartupError, SwiftBlockstoreConfig
+
+T = TypeVar("T")
+
+_MAX_IDLE_CONNECTIONS = 8
+
+
+def _http_status(exc: BaseException) -> int | None:
+    if isinstance(exc, swiftclient.ClientException):
+        status: int | None = exc.http_status
+        return status
+    return None
+
+
+class SwiftBlockStore(BlockStore):
+    def __init__(
+        self, config: SwiftBlockstoreConfig, timeouts: RemoteTimeouts = DEFAULT_TIMEOUTS
+    ) -> None:
+        self._config = config
+        self._container = config.container
+        self._timeouts = timeouts
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    async def start(
+        cls, config: SwiftBlockstoreConfig, timeouts: RemoteTimeouts = DEFAULT_TIMEOUTS
+    ) -> SwiftBlockStore:
+        """Authenticate and check the container (HEAD); StartupError if unusable."""
+        store = cls(config, timeouts)
+        try:
+            await store._call(lambda conn: conn.head_container(config.container))
+        except Exception as exc:
+            await store.close()
+            problem = one_line(exc)
+            if isinstance(exc, TimeoutError):
+                problem = f"no answer within {timeouts.operation:g} s"
+            raise StartupError(
+                f"Cannot use Swift container `{config.container}` at {config.auth_url}: {problem}"
+            ) from exc
+        return store
+
+    def _new_connection(self) -> Any:
+        return swiftclient.Connection(
+            authurl=self._config.auth_url,
+            user=f"{self._config.user}:{self._config.tenant}",
+            key=self._config.password,
+            auth_version="1",
+            retries=self._timeouts.attempts - 1,
+            starting_backoff=0.2,
+            max_backoff=1.0,
+            timeout=(self._timeouts.connect, self._timeouts.read),
+        )
+
+    def _run_in_thread(self, operation: Callable[[Any], T]) -> T:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._new_connection()
+        try:
+            result = operation(conn)
+        except BaseException:
+            conn.close()  # the HTTP connection may be in any state: start afresh
+            raise
+        with self._lock:
+            if self._closed or len(self._idle) >= _MAX_IDLE_CONNECTIONS:
+                conn.close()
+            else:
+                self._idle.append(conn)
+        return result
+
+    async def _call(self, operation: Callable[[Any], T]) -> T:
+        # On the ceiling, the thread is left to finish on its own (bounded by the
+        # connection's own timeouts); it gives its connection back when done.
+        async with asyncio.timeout(self._timeouts.operation):
+            return await asyncio.to_thread(self._run_in_thread, operation)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    async def create(
+        self, organization_id: str, block_id: uuid.UUID, data: bytes
+    ) -> BlockStoreBadOutcome | None:
+        name = object_key(organization_id, block_id)
+        container = self._container
+
+        def head_then_put(conn: Any) -> None:
+            try:
+                conn.head_object(container, name)
+            except swiftclient.ClientException as exc:
+                if exc.http_status != 404:
+                    raise
+            else:
+                return  # already stored (a retried create): never overwritten
+            conn.put_object(container, name, data)
+
+        try:
+            await self._call(head_then_put)
+        except Exception as exc:  # any failure of the store is the `timeout` reply
+            log_unavailable("swift", "create", name, exc)
+            return BlockStoreBadOutcome.UNAVAILABLE
+        return None
+
+    async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
+        name = object_key(organization_id, block_id)
+        container = self._container
+        try:
+            _, body = await self._call(lambda conn: conn.get_object(container, name))
+        except Exception as exc:
+            if _http_status(exc) == 404:
+                return BlockStoreBadOutcome.NOT_FOUND
+            log_unavailable("swift", "read", name, exc)
+            return BlockStoreBadOutcome.UNAVAILABLE
+        return bytes(body)

@@ -1,0 +1,96 @@
+"""Block metadata. Each method takes a connection from the pool and gives it back before
+returning: block_create's blockstore write (which may use the same pool) happens with no
+connection held."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from parsec_server.api.codec import DateTime
+from parsec_server.backend.block import BaseBlockComponent
+from parsec_server.backend.blockstore.base import BlockStore
+from parsec_server.backend.realm_types import READ_ROLES, WRITE_ROLES, RealmBadOutcome
+from parsec_server.backend.storage.postgresql.realm import sql_current_role, sql_user
+
+_SQL_CHECK_CREATE = f"""
+SELECT
+    {sql_current_role("r", sql_user("r", "$2"))} AS role,
+    r.maintenance_type IS NOT NULL AS in_maintenance,
+    EXISTS (
+        SELECT 1 FROM block b WHERE b.organization = r.organization AND b.block_id = $4
+    ) AS block_exists
+FROM realm r JOIN organization o ON o._id = r.organization
+WHERE o.organization_id = $1 AND r.realm_id = $3
+"""
+
+# Nothing inserted: the block id is taken (by a concurrent block_create).
+_SQL_RECORD = """
+INSERT INTO block (organization, block_id, realm, author, size, created_on)
+SELECT o._id, $2, r._id, d._id, $5, $6
+FROM organization o
+JOIN realm r ON r.organization = o._id AND r.realm_id = $3
+JOIN device d ON d.organization = o._id AND d.device_id = $4
+WHERE o.organization_id = $1
+ON CONFLICT (organization, block_id) DO NOTHING
+RETURNING _id
+"""
+
+_SQL_CHECK_READ = f"""
+SELECT
+    {sql_current_role("r", sql_user("r", "$2"))} AS role,
+    r.maintenance_type IS NOT NULL AS in_maintenance
+FROM block b
+JOIN organization o ON o._id = b.organization
+JOIN realm r ON r._id = b.realm
+WHERE o.organization_id = $1 AND b.block_id = $3
+"""
+
+
+class PGBlockComponent(BaseBlockComponent):
+    def __init__(self, pool: asyncpg.Pool, blockstore: BlockStore) -> None:
+        super().__init__(blockstore)
+        self._pool = pool
+
+    async def check_create(
+        self, organization_id: str, user_id: str, realm_id: uuid.UUID, block_id: uuid.UUID
+    ) -> RealmBadOutcome | None:
+        row = await self._pool.fetchrow(
+            _SQL_CHECK_CREATE, organization_id, user_id, realm_id, block_id
+        )
+        if row is None:
+            return RealmBadOutcome.REALM_NOT_FOUND
+        if row["role"] not in WRITE_ROLES:
+            return RealmBadOutcome.NOT_ALLOWED
+        if row["in_maintenance"]:
+            return RealmBadOutcome.IN_MAINTENANCE
+        if row["block_exists"]:
+            return RealmBadOutcome.BLOCK_ALREADY_EXISTS
+        return None
+
+    async def record(
+        self,
+        organization_id: str,
+        author: str,
+        realm_id: uuid.UUID,
+        block_id: uuid.UUID,
+        size: int,
+        created_on: DateTime,
+    ) -> RealmBadOutcome | None:
+        inserted = await self._pool.fetchval(
+            _SQL_RECORD, organization_id, block_id, realm_id, author, size, created_on.dt
+        )
+        return RealmBadOutcome.BLOCK_ALREADY_EXISTS if inserted is None else None
+
+    async def check_read(
+        self, organization_id: str, user_id: str, block_id: uuid.UUID
+    ) -> RealmBadOutcome | None:
+        row = await self._pool.fetchrow(_SQL_CHECK_READ, organization_id, user_id, block_id)
+        if row is None:
+            return RealmBadOutcome.BLOCK_NOT_FOUND
+        if row["role"] not in READ_ROLES:
+            return RealmBadOutcome.NOT_ALLOWED
+        if row["in_maintenance"]:
+            return RealmBadOutcome.IN_MAINTENANCE
+        return None
