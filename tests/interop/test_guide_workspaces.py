@@ -51,9 +51,9 @@ HISTORY = (b"first version\n", b"second version, longer\n", b"third and last ver
 READY_PREFIX = "READY "
 
 # Run with the reference Python: `python -c REFERENCE_SCRIPT COMMAND JSON_ARGUMENTS`.
-# Prints one `RESULT <json>` line (the watcher prints `READY <json>` first). Devices are
-# loaded from `config_dir` (the one of `organization`) with the guide's password; client
-# data lives in `data_dir`.
+# Prints one `RESULT <json>` line (`watch` and `stay_connected`, kept running, print
+# `READY <json>` first, once connected). Devices are loaded from `config_dir` (the one of
+# `organization`) with the guide's password; client data lives in `data_dir`.
 REFERENCE_SCRIPT = """
 import hashlib, json, sys
 from pathlib import Path

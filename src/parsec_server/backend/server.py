@@ -15,7 +15,13 @@ import uvloop
 
 from parsec_server.backend.app import BackendApp, backend_app_factory
 from parsec_server.backend.asgi import BackendASGIApp
-from parsec_server.backend.config import BackendConfig, StartupError
+from parsec_server.backend.config import (
+    BackendConfig,
+    BlockstoreConfig,
+    MockedBlockstoreConfig,
+    RaidBlockstoreConfig,
+    StartupError,
+)
 
 # The protocol carries 1 MiB blocks (plus envelope); leave room for several per message.
 WS_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
@@ -51,21 +57,35 @@ async def running_backend(
     """Serve in the background for the duration of the block; yields (app, port).
     Used by tests and benchmarks; `port=0` in the config picks a free port."""
     async with backend_app_factory(config) as backend:
-        server = uvicorn.Server(uvicorn_config(config, BackendASGIApp(backend)))
+        uv_config = uvicorn_config(config, BackendASGIApp(backend))
+        uv_config.load()
+        server = uvicorn.Server(uv_config)
+        # Started by hand rather than with `serve()`: no signal handlers (we may not be
+        # the main program) and no 0.1 s polling loop (tests start hundreds of servers).
+        server.lifespan = uv_config.lifespan_class(uv_config)
         if sock is None:
             sock = socket.create_server((config.host, config.port), reuse_port=False)
         port = sock.getsockname()[1]
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        await server.startup(sockets=[sock])
         try:
             yield backend, port
         finally:
-            server.should_exit = True
-            server.force_exit = True
-            await task
+            await _stop(server)
+
+
+async def _stop(server: uvicorn.Server) -> None:
+    for listener in server.servers:
+        listener.close()
+    for connection in list(server.server_state.connections):
+        connection.shutdown()
+    tasks = list(server.server_state.tasks)
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=1)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    for listener in server.servers:
+        await listener.wait_closed()
 
 
 async def serve(config: BackendConfig, sock: socket.socket | None = None) -> None:
@@ -85,13 +105,19 @@ def _worker(config: BackendConfig, sock: socket.socket) -> None:
         uvloop.run(serve(config, sock))
 
 
+def _uses_memory_blockstore(blockstore: BlockstoreConfig) -> bool:
+    if isinstance(blockstore, RaidBlockstoreConfig):
+        return any(isinstance(node, MockedBlockstoreConfig) for node in blockstore.nodes)
+    return isinstance(blockstore, MockedBlockstoreConfig)
+
+
 def run_server(config: BackendConfig) -> None:
     """Serve in this process, or in `config.workers` processes sharing one listening
     socket (every piece of shared state lives in PostgreSQL)."""
     if config.workers == 1:
         uvloop.run(serve(config))
         return
-    if config.db_type == "MOCKED" or config.blockstore.type_name == "MOCKED":
+    if config.db_type == "MOCKED" or _uses_memory_blockstore(config.blockstore):
         raise StartupError(
             "--workers above 1 needs --db and --blockstore outside memory (MOCKED storage "
             "lives in one process)"

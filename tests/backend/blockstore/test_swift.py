@@ -73,8 +73,11 @@ async def test_read_missing_block_is_not_found(swift: SwiftStandIn) -> None:
     store = await SwiftBlockStore.start(config_for(swift), FAST_TIMEOUTS)
     try:
         assert await store.read(ORG, uuid.uuid4()) is BlockStoreBadOutcome.NOT_FOUND
+        assert await store.read(ORG, uuid.uuid4()) is BlockStoreBadOutcome.NOT_FOUND
     finally:
         await store.close()
+    # One authentication: the connection (and its token) is reused after a 404.
+    assert swift.requests.count(("GET", "/auth/v1.0")) == 1
 
 
 async def test_concurrent_calls(swift: SwiftStandIn) -> None:

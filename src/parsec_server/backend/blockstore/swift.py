@@ -88,15 +88,21 @@ class SwiftBlockStore(BlockStore):
             conn = self._new_connection()
         try:
             result = operation(conn)
-        except BaseException:
-            conn.close()  # the HTTP connection may be in any state: start afresh
+        except BaseException as exc:
+            if _http_status(exc) is None:
+                conn.close()  # not a clean HTTP answer: the connection may be in any state
+                raise
+            self._give_back(conn)  # e.g. a 404: the connection is fine
             raise
+        self._give_back(conn)
+        return result
+
+    def _give_back(self, conn: Any) -> None:
         with self._lock:
             if self._closed or len(self._idle) >= _MAX_IDLE_CONNECTIONS:
                 conn.close()
             else:
                 self._idle.append(conn)
-        return result
 
     async def _call(self, operation: Callable[[Any], T]) -> T:
         # On the ceiling, the thread is left to finish on its own (bounded by the
