@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -24,7 +25,6 @@ from benchkit.common import (
     pids_by_cmdline,
     process_tree,
 )
-
 from parsec_server.api.addr import BackendAddr
 
 STORAGES = ("memory", "postgresql", "s3")
@@ -193,9 +193,8 @@ class StorageEnv:
         if database not in self.created_databases:
             return
         try:
-            asyncio.run(
-                _pg_execute(self.postgresql_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            )
+            sql = f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'
+            asyncio.run(_pg_execute(self.postgresql_url, sql))
         except Exception as exc:
             print(f"\n  ! could not drop database {database}: {exc!r}")
         else:
@@ -219,7 +218,7 @@ class StorageEnv:
         wait_for_port(self.moto_port, self.moto, "moto", log)
 
     def _s3(self, server: str) -> Backing:
-        import boto3  # installed with moto
+        import boto3  # type: ignore[import-untyped, unused-ignore]  # installed with moto
 
         bucket = f"bench-{server}-{uuid.uuid4().hex[:8]}"
         client = boto3.client(
@@ -289,8 +288,6 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, log: Path) -> None:
-    import socket
-
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
