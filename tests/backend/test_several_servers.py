@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from parsec_server.api.addr import BackendAddr
-from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import UserProfile
+from parsec_server.api.codec import ID, DateTime
+from parsec_server.api.ids import RealmRole, UserProfile
 from parsec_server.client.certificates import revoked_user_certificate
 from parsec_server.client.connection import BackendConnectionError
 from parsec_server.client.organization import (
@@ -25,6 +25,7 @@ from parsec_server.client.organization import (
     bootstrap_organization,
     create_organization,
 )
+from parsec_server.client.realm import create_realm, share
 from parsec_server.client.user import create_user
 from tests.fixtures.servers import (
     ADMINISTRATION_TOKEN,
@@ -162,3 +163,42 @@ def test_workers_share_the_port_and_stop_together(migrated_postgresql_url: str) 
     # Every worker is gone with the parent: nobody listens any more.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+async def test_realm_events_and_messages_cross_servers(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = two_servers
+    organization_id = new_organization_id()
+    token = await create_organization(a.addr, ADMINISTRATION_TOKEN, organization_id)
+    alice = await bootstrap_organization(a.addr, organization_id, token, None, None)
+    async with await alice.connect() as conn_a:
+        bob = await create_user(conn_a, alice, "bob", "pc", None, UserProfile.STANDARD)
+        async with await dataclasses.replace(bob, backend_addr=b.addr).connect() as listener:
+            assert await listener.cmd("events_subscribe") == {"status": "ok"}
+            realm_id = await create_realm(conn_a, alice)
+            await share(conn_a, alice, realm_id, "bob", RealmRole.READER, message=b"welcome")
+            async with asyncio.timeout(10):
+                roles = await listener.cmd("events_listen", wait=True)
+                message = await listener.cmd("events_listen", wait=True)
+            assert roles == {
+                "status": "ok",
+                "event": "realm.roles_updated",
+                "realm_id": realm_id,
+                "role": "READER",
+            }
+            assert message == {"status": "ok", "event": "message.received", "index": 1}
+            rep = await conn_a.cmd(
+                "vlob_create",
+                realm_id=realm_id,
+                encryption_revision=1,
+                vlob_id=ID.new(),
+                timestamp=DateTime.now(),
+                blob=b"manifest",
+            )
+            assert rep == {"status": "ok"}
+            async with asyncio.timeout(10):
+                update = await listener.cmd("events_listen", wait=True)
+            assert update["event"] == "realm.vlobs_updated"
+            assert update["realm_id"] == realm_id
+            assert update["src_version"] == 1
