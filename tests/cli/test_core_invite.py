@@ -26,12 +26,12 @@ from nacl.signing import SigningKey
 from parsec_server.api.addr import BackendAddr, BackendOrganizationBootstrapAddr
 from parsec_server.api.ids import UserProfile
 from parsec_server.cli.main import cli
+from parsec_server.client.device import LocalDevice, slughash
 from parsec_server.client.device_file import (
     list_available_devices,
     load_device_with_password,
     save_device_with_password,
 )
-from parsec_server.client.full_device import FullLocalDevice, slughash
 from parsec_server.client.organization import create_organization
 from tests.fixtures.servers import (
     ADMINISTRATION_TOKEN,
@@ -135,10 +135,10 @@ class Setup:
     org: Organization
     home: Path
     config_dir: Path  # holds alice's and bob's devices
-    alice: FullLocalDevice
-    bob: FullLocalDevice
+    alice: LocalDevice
+    bob: LocalDevice
 
-    def device_args(self, device: FullLocalDevice) -> list[str]:
+    def device_args(self, device: LocalDevice) -> list[str]:
         return [
             "--config-dir",
             str(self.config_dir),
@@ -152,14 +152,14 @@ class Setup:
 @pytest.fixture
 def setup(server: RunningServer, org: Organization, tmp_path: Path) -> Setup:
     config_dir = tmp_path / "config"
-    alice = FullLocalDevice.from_device(org.alice)
-    bob = FullLocalDevice.from_device(org.bob)
+    alice = org.alice
+    bob = org.bob
     save_device_with_password(config_dir, alice, PASSWORD)
     save_device_with_password(config_dir, bob, PASSWORD)
     return Setup(server, org, tmp_path, config_dir, alice, bob)
 
 
-async def invitation_url(setup: Setup, device: FullLocalDevice, *args: str) -> str:
+async def invitation_url(setup: Setup, device: LocalDevice, *args: str) -> str:
     done = await run(setup.home, *args, *setup.device_args(device))
     assert done.returncode == 0, done.describe()
     match = URL_LINE.search(done.stdout)
@@ -211,7 +211,7 @@ def code(pattern: re.Pattern[str], done: Done) -> str:
     return match.group(1)
 
 
-def the_claimed_device(setup: Setup) -> FullLocalDevice:
+def the_claimed_device(setup: Setup) -> LocalDevice:
     [available] = list_available_devices(claimer_config(setup))
     return load_device_with_password(available.key_file_path, "n3w-P@ss")
 
@@ -273,8 +273,8 @@ async def test_bootstrap_organization_prompts_and_saves_an_admin_device(
 def test_list_devices_shows_each_device_with_a_short_unique_id(tmp_path: Path) -> None:
     addr = BackendAddr("127.0.0.1", 1, False)
 
-    def device(device_id: str, label: str | None, email: str | None) -> FullLocalDevice:
-        return FullLocalDevice(
+    def device(device_id: str, label: str | None, email: str | None) -> LocalDevice:
+        return LocalDevice(
             backend_addr=addr,
             organization_id="Org",
             device_id=device_id,
@@ -307,7 +307,7 @@ def test_device_selection_failures_are_one_line_errors(tmp_path: Path) -> None:
     assert empty.exit_code == 1
     assert empty.output == f"Error: No device in {tmp_path} (see `parsec core list_devices`)\n"
 
-    device = FullLocalDevice.from_device(_offline_device())
+    device = _offline_device()
     save_device_with_password(tmp_path, device, PASSWORD)
     args = ["core", "list_invitations", "--config-dir", str(tmp_path)]
 
@@ -329,8 +329,8 @@ def test_device_selection_failures_are_one_line_errors(tmp_path: Path) -> None:
     assert unreachable.output.count("\n") == 1
 
 
-def _offline_device() -> FullLocalDevice:
-    return FullLocalDevice(
+def _offline_device() -> LocalDevice:
+    return LocalDevice(
         backend_addr=BackendAddr("127.0.0.1", 1, False),
         organization_id="Org",
         device_id="ann@pc",

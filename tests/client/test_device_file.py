@@ -22,7 +22,7 @@ from parsec_server.api import codec
 from parsec_server.api.addr import BackendAddr
 from parsec_server.api.codec import ID
 from parsec_server.api.ids import UserProfile
-from parsec_server.client.device import LocalDevice
+from parsec_server.client.device import LocalDevice, device_slug, slughash
 from parsec_server.client.device_file import (
     BadPasswordError,
     DeviceFileExistsError,
@@ -35,7 +35,6 @@ from parsec_server.client.device_file import (
     save_device_with_password,
     serialize_device,
 )
-from parsec_server.client.full_device import FullLocalDevice, device_slug, slughash
 
 REFERENCE_FILE = Path(__file__).parent / "data" / "reference-2.0.0-device.keys"
 REFERENCE_DEVICE_ID = "2194e648f55e480bb9ea6fb477ddc5fa@5617bf94060b4b3686a203ac403cfbad"
@@ -44,7 +43,7 @@ REFERENCE_SLUG = f"412a085108#OrgX#{REFERENCE_DEVICE_ID}"
 REFERENCE_SLUGHASH = "d910b755ddc4e3e6c027409e6a6a9260792e178eddb4fd59458ea306a8f2cc20"
 
 
-def make_device(**overrides: object) -> FullLocalDevice:
+def make_device(**overrides: object) -> LocalDevice:
     fields: dict[str, object] = {
         "backend_addr": BackendAddr("parsec.example.com", 443, True),
         "organization_id": "Org",
@@ -57,10 +56,10 @@ def make_device(**overrides: object) -> FullLocalDevice:
         "root_verify_key": bytes(SigningKey.generate().verify_key),
     }
     fields.update(overrides)
-    return FullLocalDevice(**fields)  # type: ignore[arg-type]
+    return LocalDevice(**fields)  # type: ignore[arg-type]
 
 
-def same_device(a: FullLocalDevice, b: FullLocalDevice) -> bool:
+def same_device(a: LocalDevice, b: LocalDevice) -> bool:
     return (
         a.backend_addr == b.backend_addr
         and a.organization_id == b.organization_id
@@ -208,15 +207,11 @@ def test_default_config_dir_follows_xdg() -> None:
     assert default_config_dir({"HOME": "/home/u"}) == Path("/home/u/.config/parsec")
 
 
-def test_from_device_completes_a_plain_device() -> None:
-    full = make_device()
-    plain = LocalDevice(**{f.name: getattr(full, f.name) for f in dataclasses.fields(LocalDevice)})
-    manifest_id = ID.new()
+def test_a_new_device_gets_its_own_client_secrets() -> None:
+    device = make_device()
+    other = dataclasses.replace(device, user_manifest_key=device.user_manifest_key)
 
-    completed = FullLocalDevice.from_device(plain, user_manifest_id=manifest_id)
-
-    assert FullLocalDevice.from_device(full) is full
-    assert completed.device_id == full.device_id
-    assert completed.user_manifest_id == manifest_id
-    assert len(completed.user_manifest_key) == len(completed.local_symkey) == 32
-    assert completed.user_manifest_key != completed.local_symkey
+    assert len(device.user_manifest_key) == len(device.local_symkey) == 32
+    assert device.user_manifest_key != device.local_symkey
+    assert make_device().local_symkey != device.local_symkey
+    assert other.user_manifest_id == device.user_manifest_id

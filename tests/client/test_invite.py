@@ -20,7 +20,6 @@ from parsec_server.api.ids import InvitationType, UserProfile
 from parsec_server.client import invite_payloads
 from parsec_server.client.connection import BackendConnection, HandshakeRefused
 from parsec_server.client.device import LocalDevice
-from parsec_server.client.full_device import FullLocalDevice
 from parsec_server.client.invite import (
     DeviceClaimerInitial,
     DeviceGreeterInitial,
@@ -165,7 +164,7 @@ async def greet_user(
     return step1.greeter_sas, step2.claimer_sas, device_id
 
 
-async def claim_user(initial: UserClaimerInitial, label: str) -> tuple[str, str, FullLocalDevice]:
+async def claim_user(initial: UserClaimerInitial, label: str) -> tuple[str, str, LocalDevice]:
     step1 = await initial.wait_peer()
     assert step1.greeter_sas in step1.greeter_sas_choices()
     step2 = await step1.signify_trust()
@@ -288,7 +287,7 @@ async def test_user_creation_refused_by_the_server_is_reported(
 async def test_device_invitation_creates_a_device_of_the_same_user(
     server: RunningServer, org: Organization
 ) -> None:
-    bob = FullLocalDevice.from_device(org.bob)
+    bob = org.bob
     async with await bob.connect() as conn_bob:
         token = await new_device_invitation(conn_bob)
         [summary] = await list_invitations(conn_bob)
@@ -304,7 +303,7 @@ async def test_device_invitation_creates_a_device_of_the_same_user(
             assert step4.requested_device_label == "Bob's tablet"
             return await step4.create_new_device(bob, step4.requested_device_label)
 
-        async def claim(claimer: DeviceClaimerInitial) -> FullLocalDevice:
+        async def claim(claimer: DeviceClaimerInitial) -> LocalDevice:
             step3 = await (await (await claimer.wait_peer()).signify_trust()).wait_peer_trust()
             return await step3.claim_device("Bob's tablet")
 

@@ -20,6 +20,7 @@ import click
 from parsec_server.cli.core_admin import debug_enabled, one_line
 from parsec_server.cli.logging_setup import configure_logging
 from parsec_server.client.connection import BackendConnectionError, HandshakeRefused
+from parsec_server.client.device import LocalDevice
 from parsec_server.client.device_file import (
     AvailableDevice,
     DeviceFileError,
@@ -27,7 +28,6 @@ from parsec_server.client.device_file import (
     list_available_devices,
     load_device_with_password,
 )
-from parsec_server.client.full_device import FullLocalDevice
 from parsec_server.client.organization import CommandFailed
 
 T = TypeVar("T")
@@ -171,7 +171,7 @@ def select_device(config_dir: Path, prefix: str | None) -> AvailableDevice:
 
 def load_selected_device(
     config_dir: Path, prefix: str | None, password: str | None, interactive: bool = True
-) -> FullLocalDevice:
+) -> LocalDevice:
     """The selected device, decrypted (password prompted when not given); exits with
     `Error: ...` on failure."""
     try:

@@ -25,12 +25,12 @@ from parsec_server.cli.client_common import (
     resolve_config_dir,
     run_client,
 )
+from parsec_server.client.device import LocalDevice, slughash
 from parsec_server.client.device_file import (
     DeviceFileError,
     list_available_devices,
     save_device_with_password,
 )
-from parsec_server.client.full_device import FullLocalDevice, slughash
 from parsec_server.client.organization import CommandFailed
 from parsec_server.client.organization import bootstrap_organization as do_bootstrap
 
@@ -64,7 +64,7 @@ def parse_human_handle(email: str, label: str) -> HumanHandle:
 
 
 def save_new_device(
-    config_dir: Path, device: FullLocalDevice, password: str, force: bool = False
+    config_dir: Path, device: LocalDevice, password: str, force: bool = False
 ) -> Path:
     """Save and print `Saving device <slughash> ✔`."""
     with operation(f"Saving device {slughash(device.slug)}"):
@@ -136,6 +136,6 @@ def bootstrap_organization(
                 if known is None:
                     raise
                 raise ClientError(known) from exc
-        save_new_device(folder, FullLocalDevice.from_device(device), password, force)
+        save_new_device(folder, device, password, force)
 
     run_client(main)

@@ -47,7 +47,7 @@ from parsec_server.client.connection import (
     BackendConnectionError,
     HandshakeRefused,
 )
-from parsec_server.client.full_device import FullLocalDevice
+from parsec_server.client.device import LocalDevice
 from parsec_server.client.invite import (
     ClaimerInitial,
     DeviceClaimerInitial,
@@ -108,7 +108,7 @@ _sas_mode_option = click.option(
 # --- invitations --------------------------------------------------------------------------
 
 
-def _print_url(device: FullLocalDevice, invitation_type: InvitationType, token: ID) -> None:
+def _print_url(device: LocalDevice, invitation_type: InvitationType, token: ID) -> None:
     click.echo(f"url: {invite.invitation_addr(device, invitation_type, token).to_url()}")
 
 
@@ -220,7 +220,7 @@ async def _pick_code(auto: bool, peer: str, right_code: str, choices: list[str])
 
 
 async def _greet_user(
-    step4: UserGreeterInProgress4, author: FullLocalDevice, settings: GreetSettings
+    step4: UserGreeterInProgress4, author: LocalDevice, settings: GreetSettings
 ) -> str:
     auto = settings.auto
     requested = step4.requested_human_handle
@@ -251,7 +251,7 @@ async def _greet_user(
 
 
 async def _greet_device(
-    step4: DeviceGreeterInProgress4, author: FullLocalDevice, settings: GreetSettings
+    step4: DeviceGreeterInProgress4, author: LocalDevice, settings: GreetSettings
 ) -> str:
     device_label = await _value(
         settings.auto, settings.device_label, "New device label", step4.requested_device_label
@@ -276,7 +276,7 @@ async def _greeter_codes(initial: GreeterInitial[R], auto: bool) -> GreeterInPro
 
 async def _greet_once(
     initial: UserGreeterInitial | DeviceGreeterInitial,
-    author: FullLocalDevice,
+    author: LocalDevice,
     settings: GreetSettings,
 ) -> bool:
     if isinstance(initial, UserGreeterInitial):
@@ -367,7 +367,7 @@ async def _claimer_codes(initial: ClaimerInitial[S], auto: bool) -> S | None:
 
 async def _claim_once(
     initial: UserClaimerInitial | DeviceClaimerInitial, settings: ClaimSettings
-) -> FullLocalDevice | None:
+) -> LocalDevice | None:
     auto = settings.auto
     if isinstance(initial, UserClaimerInitial):
         user_step3 = await _claimer_codes(initial, auto)
@@ -391,7 +391,7 @@ async def _claim_once(
 
 async def _claim(
     conn: BackendConnection, addr: BackendInvitationAddr, settings: ClaimSettings
-) -> FullLocalDevice:
+) -> LocalDevice:
     initial = await invite.claimer_retrieve_info(conn, addr)
     click.echo(f"Invitation greeter: {_greeter_display(initial)}")
     while True:

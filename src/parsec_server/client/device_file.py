@@ -53,7 +53,7 @@ from parsec_server.api.ids import (
     format_human_handle,
     user_id_of,
 )
-from parsec_server.client.full_device import FullLocalDevice, device_slug, slughash
+from parsec_server.client.device import LocalDevice, device_slug, slughash
 
 DEVICES_DIR = "devices"
 KEY_FILE_SUFFIX = ".keys"
@@ -135,7 +135,7 @@ def devices_dir(config_dir: Path) -> Path:
     return config_dir / DEVICES_DIR
 
 
-def default_key_file(config_dir: Path, device: FullLocalDevice) -> Path:
+def default_key_file(config_dir: Path, device: LocalDevice) -> Path:
     return devices_dir(config_dir) / f"{slughash(device.slug)}{KEY_FILE_SUFFIX}"
 
 
@@ -227,7 +227,7 @@ def _derive_key(password: str, salt: bytes) -> bytes:
     )
 
 
-def serialize_device(device: FullLocalDevice) -> bytes:
+def serialize_device(device: LocalDevice) -> bytes:
     organization_addr = BackendOrganizationAddr.build(
         device.backend_addr, device.organization_id, device.root_verify_key
     )
@@ -248,7 +248,7 @@ def serialize_device(device: FullLocalDevice) -> bytes:
     )
 
 
-def deserialize_device(raw: bytes) -> FullLocalDevice:
+def deserialize_device(raw: bytes) -> LocalDevice:
     """Raises `InvalidDeviceFileError`."""
     try:
         data = _device_decoder.decode(raw)
@@ -264,7 +264,7 @@ def deserialize_device(raw: bytes) -> FullLocalDevice:
     profile = data.profile or legacy_profile
     if data.is_admin and profile is not UserProfile.ADMIN:
         raise InvalidDeviceFileError("Fields `profile` and `is_admin` have incompatible values")
-    return FullLocalDevice(
+    return LocalDevice(
         backend_addr=addr.backend_addr,
         organization_id=addr.organization_id,
         device_id=data.device_id,
@@ -299,7 +299,7 @@ def _read_encrypted(key_file: Path) -> tuple[bytes, bytes]:
     return data.salt, data.ciphertext
 
 
-def load_device_with_password(key_file: Path, password: str) -> FullLocalDevice:
+def load_device_with_password(key_file: Path, password: str) -> LocalDevice:
     salt, ciphertext = _read_encrypted(key_file)
     try:
         plaintext = SecretBox(_derive_key(password, salt)).decrypt(ciphertext)
@@ -308,7 +308,7 @@ def load_device_with_password(key_file: Path, password: str) -> FullLocalDevice:
     return deserialize_device(plaintext)
 
 
-def key_file_content(device: FullLocalDevice, password: str) -> bytes:
+def key_file_content(device: LocalDevice, password: str) -> bytes:
     salt = random_bytes(argon2i.SALTBYTES)
     ciphertext = SecretBox(_derive_key(password, salt)).encrypt(serialize_device(device))
     return codec.encode(
@@ -325,7 +325,7 @@ def key_file_content(device: FullLocalDevice, password: str) -> bytes:
 
 
 def save_device_with_password(
-    config_dir: Path, device: FullLocalDevice, password: str, force: bool = False
+    config_dir: Path, device: LocalDevice, password: str, force: bool = False
 ) -> Path:
     """Write `<config_dir>/devices/<slughash>.keys` (folders created with mode 0700);
     refuses to overwrite an existing file unless `force`. Returns the file's path."""

@@ -6,7 +6,7 @@
     ClaimerInProgress1 --signify_trust()----> ClaimerInProgress2 (claimer_sas: tell the greeter)
     ClaimerInProgress2 --wait_peer_trust()--> UserClaimerInProgress3 | DeviceClaimerInProgress3
     UserClaimerInProgress3.claim_user(...) / DeviceClaimerInProgress3.claim_device(...)
-        -> the new FullLocalDevice (to be saved by the caller)
+        -> the new LocalDevice (to be saved by the caller)
 
 Between steps 1 and 2 the human compares the code the greeter reads to them with
 `greeter_sas` (the UI offers `greeter_sas_choices()`); on a mismatch, do not call
@@ -26,7 +26,7 @@ from nacl.signing import SigningKey
 from parsec_server.api.addr import BackendInvitationAddr, InvitationAction
 from parsec_server.api.ids import HumanHandle, InvitationType, check_human_handle
 from parsec_server.client.connection import BackendConnection, InvitedAuth
-from parsec_server.client.full_device import FullLocalDevice
+from parsec_server.client.device import LocalDevice
 from parsec_server.client.invite_common import (
     InvalidPeerDataError,
     InviteCommandFailed,
@@ -186,7 +186,7 @@ class UserClaimerInProgress3:
 
     async def claim_user(
         self, requested_device_label: str | None, requested_human_handle: HumanHandle | None
-    ) -> FullLocalDevice:
+    ) -> LocalDevice:
         """Send the new user's keys with the requested identity; the greeter decides the
         final one (and the profile)."""
         if requested_human_handle is not None:
@@ -205,7 +205,7 @@ class UserClaimerInProgress3:
         payload = await _exchange(self._secure, request)
         confirmation = _decrypt_confirmation(InviteUserConfirmation, self._secure, payload)
         addr = self._secure.link.addr
-        return FullLocalDevice(
+        return LocalDevice(
             backend_addr=addr.backend_addr,
             organization_id=addr.organization_id,
             device_id=confirmation.device_id,
@@ -222,7 +222,7 @@ class UserClaimerInProgress3:
 class DeviceClaimerInProgress3:
     _secure: _SecureLink = field(repr=False)
 
-    async def claim_device(self, requested_device_label: str | None) -> FullLocalDevice:
+    async def claim_device(self, requested_device_label: str | None) -> LocalDevice:
         """Send the new device's verify key; receive the user's secrets."""
         signing_key = SigningKey.generate()
         request = InviteDeviceData(
@@ -232,7 +232,7 @@ class DeviceClaimerInProgress3:
         payload = await _exchange(self._secure, request)
         confirmation = _decrypt_confirmation(InviteDeviceConfirmation, self._secure, payload)
         addr = self._secure.link.addr
-        return FullLocalDevice(
+        return LocalDevice(
             backend_addr=addr.backend_addr,
             organization_id=addr.organization_id,
             device_id=confirmation.device_id,

@@ -32,7 +32,6 @@ from parsec_server.api.ids import HumanHandle, InvitationType, UserProfile, chec
 from parsec_server.client.certificates import device_certificates, user_certificates
 from parsec_server.client.connection import BackendConnection
 from parsec_server.client.device import LocalDevice
-from parsec_server.client.full_device import FullLocalDevice
 from parsec_server.client.invite_common import (
     InvalidPeerDataError,
     InvitationNotFoundError,
@@ -293,7 +292,7 @@ class DeviceGreeterInProgress4:
         return cls(data.requested_device_label, data.verify_key, secure)
 
     async def create_new_device(
-        self, author: FullLocalDevice, device_label: str | None, device_name: str | None = None
+        self, author: LocalDevice, device_label: str | None, device_name: str | None = None
     ) -> str:
         """`device_create` for the author's user, then the confirmation (which hands the
         user's private key and user manifest access over); returns the new device id."""

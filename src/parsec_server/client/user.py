@@ -88,4 +88,7 @@ async def create_device(
         signing_key=signing_key,
         private_key=author.private_key,
         root_verify_key=author.root_verify_key,
+        # The user's own: every device of a user shares its user manifest.
+        user_manifest_id=author.user_manifest_id,
+        user_manifest_key=author.user_manifest_key,
     )
