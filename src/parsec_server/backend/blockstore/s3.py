@@ -1,21 +1,37 @@
 """Amazon S3 or a compatible store (`s3:<endpoint>:<region>:<bucket>:<key>:<secret>`),
 protocol/50-block-blockstore.md section 5.1.
 
-One aiobotocore client for the server's lifetime (its connection pool is reused by every
-request), closed by `close()`. Requests are signed with SigV4 for the configured region;
-a custom endpoint is addressed path-style (`<endpoint>/<bucket>/<key>`). The SDK's
-environment chain applies, notably `AWS_CA_BUNDLE` for an HTTPS endpoint with a private CA.
+The hot calls (HeadObject and PutObject of `create`, GetObject of `read`) are plain HTTP
+requests signed by our own SigV4 signer (`sigv4.py`) over one `aiohttp.ClientSession` kept
+for the server's lifetime (its connection pool is reused by every request): only the
+status code and the body of the answers are looked at. Objects are addressed path-style,
+`<endpoint>/<bucket>/<key>`, the endpoint being `https://s3.<region>.amazonaws.com`
+when none is configured. The start-up check (HeadBucket) goes through an aiobotocore
+client, kept open as well. Both trust the same CAs: `AWS_CA_BUNDLE` if set, else the
+bundle botocore uses (certifi's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import random
+import re
+import ssl
+import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
+import yarl
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped, unused-ignore]
 from aiobotocore.session import get_session  # type: ignore[import-untyped, unused-ignore]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+from botocore.httpsession import (  # type: ignore[import-untyped, unused-ignore]
+    get_cert_path,
+)
 
 from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
 from parsec_server.backend.blockstore.remote import (
@@ -24,6 +40,12 @@ from parsec_server.backend.blockstore.remote import (
     log_unavailable,
     object_key,
     one_line,
+)
+from parsec_server.backend.blockstore.sigv4 import (
+    EMPTY_PAYLOAD_SHA256,
+    UNSIGNED_PAYLOAD,
+    SigV4Signer,
+    uri_encode,
 )
 from parsec_server.backend.config import S3BlockstoreConfig, StartupError
 
@@ -34,11 +56,58 @@ _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 # Connections kept open to the endpoint, shared by all the server's concurrent requests.
 MAX_POOL_CONNECTIONS = 50
+# Seconds an idle pooled connection is kept (aiobotocore's default).
+KEEPALIVE_TIMEOUT = 12.0
+
+# Answers tried again (the botocore "standard" retry mode's transient and throttling
+# answers), while attempts remain: by status code, or by the error code of the body.
+_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+_RETRIED_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+    }
+)
+_ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 
 
-def _is_not_found(exc: ClientError) -> bool:
-    code = exc.response.get("Error", {}).get("Code")
-    return code in _NOT_FOUND_CODES
+class S3RequestError(Exception):
+    """An answer other than 2xx (after the retries)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        match = _ERROR_CODE.search(body)
+        # As botocore: no error code in the body (HeadObject has none) -> the status code.
+        self.code = match.group(1).decode(errors="replace") if match else str(status)
+        super().__init__(f"{status} {self.code}")
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """The CAs botocore trusts: `AWS_CA_BUNDLE` if set, else certifi's bundle."""
+    cafile = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _endpoint(config: S3BlockstoreConfig) -> str:
+    return config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"
+
+
+def _amz_date() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def _describe(exc: Exception) -> str:
@@ -74,11 +143,62 @@ def client_config(endpoint_url: str | None, timeouts: RemoteTimeouts) -> Any:
 
 
 class S3BlockStore(BlockStore):
-    def __init__(self, client: Any, bucket: str, timeouts: RemoteTimeouts) -> None:
-        self._client = client
-        self._bucket = bucket
+    def __init__(
+        self,
+        client: Any,
+        session: aiohttp.ClientSession,
+        config: S3BlockstoreConfig,
+        timeouts: RemoteTimeouts,
+    ) -> None:
+        self._client = client  # aiobotocore, for the start-up check
+        self._session = session  # the hot calls
+        self._bucket = config.bucket
         self._timeouts = timeouts
         self._closed = False
+        self._signer = SigV4Signer(config.key, config.secret, config.region)
+        parts = urlsplit(_endpoint(config))
+        self._https = parts.scheme == "https"
+        self._host = parts.netloc.rpartition("@")[2]
+        self._origin = f"{parts.scheme}://{self._host}"
+        # Path-style: `<endpoint path>/<bucket>/`, then the key.
+        self._prefix = uri_encode(f"{parts.path.rstrip('/')}/{config.bucket}/", encode_slash=False)
+
+    async def _request(self, method: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """(status, body) of a 2xx answer, retried as botocore's standard mode does;
+        S3RequestError for any other answer."""
+        path = self._prefix + uri_encode(key, encode_slash=False)
+        url = yarl.URL(self._origin + path, encoded=True)
+        if body is None:
+            payload_hash = EMPTY_PAYLOAD_SHA256
+        elif self._https:  # TLS protects the payload, as botocore does for S3 over HTTPS
+            payload_hash = UNSIGNED_PAYLOAD
+        else:
+            payload_hash = hashlib.sha256(body).hexdigest()
+        attempt = 1
+        while True:
+            headers = self._signer.sign(
+                method, path, {"Host": self._host}, payload_hash, _amz_date()
+            )
+            try:
+                async with self._session.request(
+                    method, url, headers=headers, data=body
+                ) as response:
+                    status = response.status
+                    data = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt >= self._timeouts.attempts:
+                    raise
+            else:
+                if 200 <= status < 300:
+                    return status, data
+                error = S3RequestError(status, data)
+                if attempt >= self._timeouts.attempts or not (
+                    status in _RETRIED_STATUSES or error.code in _RETRIED_CODES
+                ):
+                    raise error
+            # botocore's exponential backoff with full jitter: up to 1 s, then 2 s...
+            await asyncio.sleep(random.random() * 2 ** (attempt - 1))
+            attempt += 1
 
     @classmethod
     async def start(
@@ -101,7 +221,11 @@ class S3BlockStore(BlockStore):
     async def open(
         cls, config: S3BlockstoreConfig, timeouts: RemoteTimeouts = DEFAULT_TIMEOUTS
     ) -> S3BlockStore:
-        """Open the client without any request (`start` checks the bucket too)."""
+        """Open the clients without any request (`start` checks the bucket too)."""
+        try:
+            context = await asyncio.to_thread(_ssl_context)  # reads CA files
+        except Exception as exc:  # unreadable CA bundle
+            raise StartupError(f"Cannot use {_where(config)}: {one_line(exc)}") from exc
         try:
             client = await (
                 get_session()
@@ -117,12 +241,26 @@ class S3BlockStore(BlockStore):
             )
         except Exception as exc:  # bad endpoint URL or region, unreadable CA bundle...
             raise StartupError(f"Cannot use {_where(config)}: {one_line(exc)}") from exc
-        return cls(client, config.bucket, timeouts)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=MAX_POOL_CONNECTIONS, ssl=context, keepalive_timeout=KEEPALIVE_TIMEOUT
+            ),
+            timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read),
+            # No Content-Type or Accept-Encoding of aiohttp's own; bodies as stored.
+            skip_auto_headers=("Content-Type", "Accept-Encoding"),
+            auto_decompress=False,
+            # HTTP(S)_PROXY / NO_PROXY, as the AWS SDK honours them.
+            trust_env=True,
+        )
+        return cls(client, session, config, timeouts)
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._client.close()
+            try:
+                await self._session.close()
+            finally:
+                await self._client.close()
 
     async def create(
         self, organization_id: str, block_id: uuid.UUID, data: bytes
@@ -131,13 +269,13 @@ class S3BlockStore(BlockStore):
         try:
             async with asyncio.timeout(self._timeouts.operation):
                 try:
-                    await self._client.head_object(Bucket=self._bucket, Key=key)
-                except ClientError as exc:
-                    if not _is_not_found(exc):
+                    await self._request("HEAD", key)
+                except S3RequestError as exc:
+                    if exc.code not in _NOT_FOUND_CODES:
                         raise
                 else:
                     return None  # already stored (a retried create): never overwritten
-                await self._client.put_object(Bucket=self._bucket, Key=key, Body=data)
+                await self._request("PUT", key, data)
         except Exception as exc:  # any failure of the store is the `timeout` reply
             log_unavailable("s3", "create", key, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
@@ -147,15 +285,13 @@ class S3BlockStore(BlockStore):
         key = object_key(organization_id, block_id)
         try:
             async with asyncio.timeout(self._timeouts.operation):
-                response = await self._client.get_object(Bucket=self._bucket, Key=key)
-                async with response["Body"] as body:
-                    data = await body.read()
-        except ClientError as exc:
-            if _is_not_found(exc):
+                _, data = await self._request("GET", key)
+        except S3RequestError as exc:
+            if exc.code in _NOT_FOUND_CODES:
                 return BlockStoreBadOutcome.NOT_FOUND
             log_unavailable("s3", "read", key, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
         except Exception as exc:
             log_unavailable("s3", "read", key, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
-        return bytes(data)
+        return data
