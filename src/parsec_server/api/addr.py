@@ -8,17 +8,15 @@ and API 2 invitation. Each parses with `from_url` (raising `AddrError`) and form
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import SplitResult, parse_qs, quote_plus, unquote, urlencode, urlsplit
 
 from parsec_server.api.codec import ID
+from parsec_server.api.ids import InvitationType, is_valid_name
 
 PARSEC_SCHEME = "parsec"
 
-_ORGANIZATION_ID = re.compile(r"[\w\-]{1,32}")
-_ORGANIZATION_ID_MAX_BYTES = 32
 _ROOT_VERIFY_KEY_SIZE = 32
 _BOOTSTRAP_ACTION = "bootstrap_organization"
 
@@ -35,6 +33,18 @@ class InvitationAction(StrEnum):
 
     CLAIM_USER = "claim_user"
     CLAIM_DEVICE = "claim_device"
+
+    @classmethod
+    def for_type(cls, invitation_type: InvitationType) -> InvitationAction:
+        if invitation_type is InvitationType.USER:
+            return cls.CLAIM_USER
+        return cls.CLAIM_DEVICE
+
+    @property
+    def invitation_type(self) -> InvitationType:
+        if self is InvitationAction.CLAIM_USER:
+            return InvitationType.USER
+        return InvitationType.DEVICE
 
 
 # --- parsing helpers ---------------------------------------------------------------------
@@ -104,10 +114,7 @@ def _parse_organization_id(split: SplitResult) -> str:
 
 
 def _check_organization_id(organization_id: str) -> None:
-    if (
-        not _ORGANIZATION_ID.fullmatch(organization_id)
-        or len(organization_id.encode("utf-8")) > _ORGANIZATION_ID_MAX_BYTES
-    ):
+    if not is_valid_name(organization_id):
         raise AddrError(f"Invalid organization ID {organization_id!r}")
 
 

@@ -6,6 +6,7 @@ anchor with `\\Z` and so refuse such ids (no client produces them).
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
 from enum import StrEnum
 from typing import Annotated
@@ -21,6 +22,16 @@ DeviceID = Annotated[str, msgspec.Meta(pattern=rf"^{_NAME}@{_NAME}\Z")]
 PublicKeyBytes = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 VerifyKeyBytes = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 HumanHandle = tuple[str, str]  # (email, label); checked by `check_human_handle`
+
+
+_NAME_RE = re.compile(_NAME)
+_NAME_MAX_BYTES = 32
+
+
+def is_valid_name(value: str) -> bool:
+    """Whether `value` is a valid OrganizationID (same rule: UserID, DeviceName), pattern and
+    UTF-8 size, for the places that check an id outside of msgspec decoding."""
+    return bool(_NAME_RE.fullmatch(value)) and len(value.encode("utf8")) <= _NAME_MAX_BYTES
 
 
 def user_id_of(device_id: str) -> str:

@@ -30,10 +30,11 @@ from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.connections import ConnectionRegistry
 from parsec_server.backend.dispatch import Command, CommandTable
 from parsec_server.backend.events import EventBus
+from parsec_server.backend.events_commands import EventsComponent
 from parsec_server.backend.invite import BaseInviteComponent
 from parsec_server.backend.message import BaseMessageComponent
 from parsec_server.backend.organization import BaseOrganizationComponent
-from parsec_server.backend.ping import EventsComponent, PingComponent
+from parsec_server.backend.ping import PingComponent
 from parsec_server.backend.realm import BaseRealmComponent, refuse_outsider_realm_creation
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.user import BaseUserComponent, refuse_outsider, require_admin

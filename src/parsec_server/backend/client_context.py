@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from parsec_server.api.ids import HumanHandle, UserProfile
@@ -11,14 +10,6 @@ from parsec_server.backend.client_events import ClientEvents
 
 if TYPE_CHECKING:
     from parsec_server.backend.invite import Invitation
-
-
-class HandshakeType(StrEnum):
-    AUTHENTICATED = "AUTHENTICATED"
-    INVITED = "INVITED"
-    APIV1_AUTHENTICATED = "authenticated"
-    APIV1_ANONYMOUS = "anonymous"
-    APIV1_ADMINISTRATION = "administration"
 
 
 @dataclass(slots=True)

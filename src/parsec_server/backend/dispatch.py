@@ -61,9 +61,6 @@ class CommandTable:
             union, ext_hook=codec.ext_hook
         )
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
-
     def parse(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
         """Raise InvalidMessageFormat, or return the command to run or the error reply."""
         if not frame or frame[0] not in _MAP_FIRST_BYTES:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum, auto
+from enum import Enum, StrEnum, auto
 from functools import partial
 from typing import TypeVar
 
@@ -58,7 +58,7 @@ T = TypeVar("T")
 ConduitStep = Callable[[ConduitSlots], tuple[ConduitSlots | None, T | ConduitBadOutcome]]
 
 
-class InvitationStatus(Enum):
+class InvitationStatus(StrEnum):
     IDLE = "IDLE"
     READY = "READY"
     DELETED = "DELETED"
@@ -148,7 +148,7 @@ class BaseInviteComponent(ABC):
                 waiter.set()
         elif isinstance(event, InviteStatusChangedEvent):
             key = (event.organization_id, event.token)
-            if event.status == InvitationStatus.READY.value:
+            if event.status == InvitationStatus.READY:
                 self._ready.add(key)
             else:
                 self._ready.discard(key)
@@ -156,17 +156,16 @@ class BaseInviteComponent(ABC):
     def closes_invited_connection(self, client: InvitedClientContext, event: Event) -> bool:
         return (
             isinstance(event, InviteStatusChangedEvent)
-            and event.status == InvitationStatus.DELETED.value
+            and event.status == InvitationStatus.DELETED
             and event.token == client.invitation.token
         )
 
-    async def _send_status(self, organization_id: str, invitation: Invitation, status: str) -> None:
+    async def _send_status(
+        self, organization_id: str, greeter: str, token: uuid.UUID, status: InvitationStatus
+    ) -> None:
         await self._event_bus.send(
             InviteStatusChangedEvent(
-                organization_id=organization_id,
-                greeter=invitation.greeter_user_id,
-                token=invitation.token,
-                status=status,
+                organization_id=organization_id, greeter=greeter, token=token, status=status
             )
         )
 
@@ -194,10 +193,22 @@ class BaseInviteComponent(ABC):
         return HandshakeOutcome(result_frame(HandshakeResult.OK), client)
 
     async def on_claimer_connected(self, client: InvitedClientContext) -> None:
-        await self._send_status(client.organization_id, client.invitation, "READY")
+        invitation = client.invitation
+        await self._send_status(
+            client.organization_id,
+            invitation.greeter_user_id,
+            invitation.token,
+            InvitationStatus.READY,
+        )
 
     async def on_claimer_disconnected(self, client: InvitedClientContext) -> None:
-        await self._send_status(client.organization_id, client.invitation, "IDLE")
+        invitation = client.invitation
+        await self._send_status(
+            client.organization_id,
+            invitation.greeter_user_id,
+            invitation.token,
+            InvitationStatus.IDLE,
+        )
 
     # Greeter's management commands
 
@@ -216,7 +227,9 @@ class BaseInviteComponent(ABC):
         invitation, _ = await self.new(
             client.organization_id, client.user_id, req.type, claimer_email, DateTime.now()
         )
-        await self._send_status(client.organization_id, invitation, "IDLE")
+        await self._send_status(
+            client.organization_id, client.user_id, invitation.token, InvitationStatus.IDLE
+        )
         if req.send_email:
             await self._mailer.send_invitation(client.organization_id, invitation)
         return ok(token=ID(invitation.token))
@@ -234,13 +247,8 @@ class BaseInviteComponent(ABC):
                 return error("already_deleted")
             case None:
                 pass
-        await self._event_bus.send(
-            InviteStatusChangedEvent(
-                organization_id=client.organization_id,
-                greeter=client.user_id,
-                token=req.token.uuid,
-                status="DELETED",
-            )
+        await self._send_status(
+            client.organization_id, client.user_id, req.token.uuid, InvitationStatus.DELETED
         )
         return OK
 
@@ -254,7 +262,7 @@ class BaseInviteComponent(ABC):
                 "type": invitation.type.value,
                 "token": ID(invitation.token),
                 "created_on": invitation.created_on,
-                "status": "READY" if ready else "IDLE",
+                "status": InvitationStatus.READY if ready else InvitationStatus.IDLE,
             }
             if invitation.claimer_email is not None:
                 item["claimer_email"] = invitation.claimer_email

@@ -10,11 +10,12 @@ from email.message import EmailMessage
 from email.utils import formataddr
 from html import escape
 from typing import TYPE_CHECKING
-from urllib.parse import quote_plus
 
 import aiosmtplib
 import structlog
 
+from parsec_server.api.addr import BackendInvitationAddr, InvitationAction
+from parsec_server.api.codec import ID
 from parsec_server.api.ids import InvitationType
 from parsec_server.backend.config import BackendConfig, MockedEmailConfig, SmtpEmailConfig
 
@@ -29,11 +30,13 @@ SMTP_TIMEOUT_SECONDS = 30.0
 
 
 def invitation_url(config: BackendConfig, organization_id: str, invitation: Invitation) -> str:
-    action = "claim_user" if invitation.type is InvitationType.USER else "claim_device"
-    return (
-        f"{config.backend_addr.to_http_base()}/redirect/{quote_plus(organization_id)}"
-        f"?action={action}&token={invitation.token.hex}"
+    addr = BackendInvitationAddr.build(
+        config.backend_addr,
+        organization_id,
+        InvitationAction.for_type(invitation.type),
+        ID(invitation.token),
     )
+    return addr.to_http_redirection_url()
 
 
 def _greeter_name(invitation: Invitation) -> str:

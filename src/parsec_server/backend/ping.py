@@ -1,21 +1,13 @@
-"""`ping`, and the events commands that serve a connection's subscription."""
+"""`ping` (which also announces a `pinged` event to the other devices)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
-
-from parsec_server.api.protocol.base import OK, Rep, ok
-from parsec_server.api.protocol.events import EventsListenReq, EventsSubscribeReq
+from parsec_server.api.protocol.base import Rep, ok
 from parsec_server.api.protocol.ping import PingReq
 from parsec_server.backend.client_context import AuthenticatedClientContext, ClientContext
-from parsec_server.backend.connections import ConnectionRegistry
 from parsec_server.backend.events import EventBus, PingedEvent
 
-NO_EVENTS: Rep = {"status": "no_events"}
 MAX_PINGED_LENGTH = 64
-
-RealmsOfUser = Callable[[str, str], Awaitable[set[uuid.UUID]]]
 
 
 class PingComponent:
@@ -32,24 +24,3 @@ class PingComponent:
                 )
             )
         return ok(pong=req.ping)
-
-
-class EventsComponent:
-    def __init__(self, realms_of_user: RealmsOfUser, registry: ConnectionRegistry) -> None:
-        self._realms_of_user = realms_of_user
-        self._registry = registry
-
-    async def api_events_subscribe(
-        self, client: AuthenticatedClientContext, req: EventsSubscribeReq
-    ) -> Rep:
-        if not client.events.subscribed:
-            realms = await self._realms_of_user(client.organization_id, client.user_id)
-            self._registry.subscribe(client, realms)
-        return OK
-
-    async def api_events_listen(
-        self, client: AuthenticatedClientContext, req: EventsListenReq
-    ) -> Rep:
-        if not req.wait:
-            return client.events.pop() or NO_EVENTS
-        return await client.events.wait_next()

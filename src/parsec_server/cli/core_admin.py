@@ -16,11 +16,10 @@ from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
-import msgspec
 
 from parsec_server.api.addr import AddrError, BackendAddr, BackendOrganizationBootstrapAddr
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import OrganizationID
+from parsec_server.api.ids import is_valid_name
 from parsec_server.cli.logging_setup import configure_logging
 from parsec_server.client import organization as client
 
@@ -31,7 +30,6 @@ T = TypeVar("T")
 DEBUG_ENVVAR = "DEBUG"
 _FALSE_STRINGS = ("", "0", "false", "f", "no", "n")
 EXPIRATION_DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
-_ORGANIZATION_ID_MAX_BYTES = 32
 _CREATE_SPINNER = "Creating organization in backend"
 _OK_MARK = "✔"
 _FAILED_MARK = "✘"
@@ -57,13 +55,9 @@ def _bad_parameter(
 
 def parse_organization_id(value: str) -> str:
     """Raises `ValueError` unless `value` is a valid OrganizationID."""
-    try:
-        organization_id = msgspec.convert(value, OrganizationID)
-    except msgspec.ValidationError:
-        raise ValueError(f"`{value}` is not a valid organization ID") from None
-    if len(organization_id.encode("utf-8")) > _ORGANIZATION_ID_MAX_BYTES:
-        raise ValueError(f"`{value}` is not a valid organization ID (more than 32 bytes)")
-    return organization_id
+    if not is_valid_name(value):
+        raise ValueError(f"`{value}` is not a valid organization ID")
+    return value
 
 
 def parse_backend_addr(value: str) -> BackendAddr:

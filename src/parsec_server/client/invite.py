@@ -106,18 +106,16 @@ __all__ = [
     "user_greeter",
 ]
 
-_ACTIONS = {
-    InvitationType.USER: InvitationAction.CLAIM_USER,
-    InvitationType.DEVICE: InvitationAction.CLAIM_DEVICE,
-}
-
 
 def invitation_addr(
     device: LocalDevice, invitation_type: InvitationType, token: ID
 ) -> BackendInvitationAddr:
     """The `parsec://.../ORG?action=claim_user|claim_device&token=...` URL to give out."""
     return BackendInvitationAddr.build(
-        device.backend_addr, device.organization_id, _ACTIONS[invitation_type], token
+        device.backend_addr,
+        device.organization_id,
+        InvitationAction.for_type(invitation_type),
+        token,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from parsec_server.api.addr import BackendInvitationAddr, InvitationAction
+from parsec_server.api.addr import BackendInvitationAddr
 from parsec_server.api.ids import HumanHandle, InvitationType, check_human_handle
 from parsec_server.client.connection import BackendConnection, InvitedAuth
 from parsec_server.client.device import LocalDevice
@@ -54,16 +54,12 @@ from parsec_server.client.invite_payloads import (
 
 _KEY_SIZE = 32
 P = TypeVar("P", bound=InvitePayload)
-_INVITATION_TYPES = {
-    InvitationAction.CLAIM_USER: InvitationType.USER,
-    InvitationAction.CLAIM_DEVICE: InvitationType.DEVICE,
-}
 
 
 async def connect_as_claimer(addr: BackendInvitationAddr) -> BackendConnection:
     """An INVITED connection; `HandshakeRefused` (`bad_identity`) when the invitation is
     unknown or deleted."""
-    auth = InvitedAuth(addr.organization_id, _INVITATION_TYPES[addr.action], addr.token)
+    auth = InvitedAuth(addr.organization_id, addr.action.invitation_type, addr.token)
     return await BackendConnection.connect(addr.backend_addr, auth)
 
 

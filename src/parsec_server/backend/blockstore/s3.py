@@ -152,7 +152,6 @@ class S3BlockStore(BlockStore):
     ) -> None:
         self._client = client  # aiobotocore, for the start-up check
         self._session = session  # the hot calls
-        self._bucket = config.bucket
         self._timeouts = timeouts
         self._closed = False
         self._signer = SigV4Signer(config.key, config.secret, config.region)

@@ -1,0 +1,37 @@
+"""`events_subscribe` and `events_listen`: a connection's subscription to the events that
+concern it (the routing is in connections.py, the queue in client_events.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+from parsec_server.api.protocol.base import OK, Rep
+from parsec_server.api.protocol.events import EventsListenReq, EventsSubscribeReq
+from parsec_server.backend.client_context import AuthenticatedClientContext
+from parsec_server.backend.connections import ConnectionRegistry
+
+NO_EVENTS: Rep = {"status": "no_events"}
+
+RealmsOfUser = Callable[[str, str], Awaitable[set[uuid.UUID]]]
+
+
+class EventsComponent:
+    def __init__(self, realms_of_user: RealmsOfUser, registry: ConnectionRegistry) -> None:
+        self._realms_of_user = realms_of_user
+        self._registry = registry
+
+    async def api_events_subscribe(
+        self, client: AuthenticatedClientContext, req: EventsSubscribeReq
+    ) -> Rep:
+        if not client.events.subscribed:
+            realms = await self._realms_of_user(client.organization_id, client.user_id)
+            self._registry.subscribe(client, realms)
+        return OK
+
+    async def api_events_listen(
+        self, client: AuthenticatedClientContext, req: EventsListenReq
+    ) -> Rep:
+        if not req.wait:
+            return client.events.pop() or NO_EVENTS
+        return await client.events.wait_next()
