@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Set
 from typing import TYPE_CHECKING, TypeVar
 
 from parsec_server.backend.client_context import AuthenticatedClientContext, InvitedClientContext
@@ -37,6 +38,9 @@ def _remove(index: dict[K, set[ClientConnection]], key: K, conn: ClientConnectio
         conns.discard(conn)
         if not conns:
             del index[key]
+
+
+_NOBODY: frozenset[ClientConnection] = frozenset()
 
 
 class ConnectionRegistry:
@@ -98,7 +102,7 @@ class ConnectionRegistry:
                 client.events.realms.add(event.realm_id)
                 _add(self._subscribed_by_realm, key, conn)
 
-    def _recipients(self, event: Event) -> set[ClientConnection]:
+    def _recipients(self, event: Event) -> Set[ClientConnection]:
         org = event.organization_id
         match event:
             case UserRevokedEvent(user_id=user_id):
@@ -122,8 +126,9 @@ class ConnectionRegistry:
                 return self._subscribed_by_organization.get(org, set())
             case OrganizationExpiredEvent():
                 return self._by_organization.get(org, set())
-        # Events for invited connections (invitation deleted...) go to the organization.
-        return self._by_organization.get(org, set())
+        # The others (conduit updates, user/device creations, API 1 invitation relays) are
+        # for the commands waiting on them (EventWaiters, invite conduit), not connections.
+        return _NOBODY
 
     def dispatch(self, event: Event) -> None:
         for conn in list(self._recipients(event)):
