@@ -9,8 +9,8 @@ and claimer may be served by different processes.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from asyncio import timeout as asyncio_timeout
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -142,7 +142,7 @@ class BaseAPIV1InviteComponent(ABC):
             if not await self.register(org, kind, invited_id, client.device_id, DateTime.now()):
                 return error("already_exists", already_exists)
             try:
-                async with asyncio_timeout(WAIT_TIMEOUT_SECONDS):
+                async with asyncio.timeout(WAIT_TIMEOUT_SECONDS):
                     event = await future
             except TimeoutError:
                 return error("timeout", timeout_reason)
@@ -190,7 +190,7 @@ class BaseAPIV1InviteComponent(ABC):
             if invitation.is_expired(DateTime.now()):
                 return error("not_found")
             try:
-                async with asyncio_timeout(WAIT_TIMEOUT_SECONDS):
+                async with asyncio.timeout(WAIT_TIMEOUT_SECONDS):
                     event = await future
             except TimeoutError:
                 return error("timeout", TIMEOUT_CREATOR)
