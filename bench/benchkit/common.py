@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 OUR_PYTHON = REPO / ".venv" / "bin" / "python"
 OUR_PARSEC = REPO / ".venv" / "bin" / "parsec"
 MOTO_SERVER = REPO / ".venv" / "bin" / "moto_server"
-REFERENCE_PARSEC = Path("/tmp/parsec-peer-venv/bin/parsec")
+REFERENCE_PARSEC = Path("/tmp/parsec-reference-2.0.0/bin/parsec")
 HOST = "127.0.0.1"  # the only address this program ever connects to
 ADMINISTRATION_TOKEN = "s3cr3t"  # the `--dev` one, on both servers
 

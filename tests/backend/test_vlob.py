@@ -42,6 +42,7 @@ from tests.backend.realm_helpers import (
     vlobs_updated,
 )
 from tests.fixtures.servers import Organization, RunningServer, create_org
+from tests.fixtures import VECTORS_DIR
 
 BALLPARK = 1800.0
 WRITE_ROLES = [RealmRole.OWNER, RealmRole.MANAGER, RealmRole.CONTRIBUTOR]
@@ -638,7 +639,7 @@ async def test_ids_of_another_organization_can_be_reused(
 
 # The reference's own request frames (vectors/commands.json)
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "protocol" / "vectors" / "commands.json"
+VECTORS = VECTORS_DIR / "commands.json"
 VECTOR_REALM_ID = ID.from_hex("a0000000-0000-4000-8000-00000000000a")
 VECTOR_VLOB_ID = ID.from_hex("c0000000-0000-4000-8000-00000000000c")
 FORGED = {

@@ -46,8 +46,9 @@ from parsec_server.client.invite_crypto import (
     shared_secret_key,
 )
 from tests.fixtures.servers import Organization, RunningServer
+from tests.fixtures import VECTORS_DIR
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "protocol" / "vectors" / "data.json"
+VECTORS = VECTORS_DIR / "data.json"
 TIMEOUT = 20
 
 

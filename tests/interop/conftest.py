@@ -30,9 +30,9 @@ import trustme
 from tests.fixtures.postgresql import create_empty_database, drop_database, run_async
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SETUP_SCRIPT = REPO_ROOT.parent / "shared" / "tools" / "setup-reference-parsec.sh"
+SETUP_SCRIPT = REPO_ROOT / "scripts" / "reference-parsec"
 REFERENCE_VENV_ENVVAR = "PARSEC_REFERENCE_VENV"
-DEFAULT_REFERENCE_VENV = Path("/tmp/parsec-peer-venv")
+DEFAULT_REFERENCE_VENV = Path("/tmp/parsec-reference-2.0.0")
 
 SETUP_TIMEOUT = 900.0  # building the reference venv downloads and installs packages
 COMMAND_TIMEOUT = 60.0
@@ -143,7 +143,7 @@ def parse_key_values(output: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def reference_venv() -> Path:
     """The virtualenv of the reference Parsec 2.0.0: `$PARSEC_REFERENCE_VENV`, else
-    built (idempotent) by the shared setup script in /tmp/parsec-peer-venv. Never skips:
+    built (idempotent) by scripts/reference-parsec in /tmp/parsec-reference-2.0.0. Never skips:
     these tests are worthless without it."""
     configured = os.environ.get(REFERENCE_VENV_ENVVAR)
     if configured:

@@ -22,8 +22,9 @@ from parsec_server.backend.blockstore.raid import (
     raid5_split,
     xor_chunks,
 )
+from tests.fixtures import VECTORS_DIR
 
-VECTORS_PATH = Path(__file__).parents[4] / "shared" / "protocol" / "vectors" / "raid.json"
+VECTORS_PATH = VECTORS_DIR / "raid.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text())
 
 ORG = "MyOrg"
