@@ -38,7 +38,7 @@ from pathlib import Path
 import structlog
 from parsec_server.api.addr import BackendAddr
 from parsec_server.backend.config import BackendConfig, MockedBlockstoreConfig, MockedEmailConfig
-from parsec_server.backend.server import run_server
+from parsec_server.backend.asgi.server import run_server
 port = int(sys.argv[1])
 # As the CLI does by default: warnings and errors only (per-command debug logs cost CPU).
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

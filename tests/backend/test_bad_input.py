@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from parsec_server.api import codec
-from parsec_server.backend.server import WS_MAX_MESSAGE_SIZE
+from parsec_server.backend.asgi.server import WS_MAX_MESSAGE_SIZE
 from tests.backend.common import (
     TIMEOUT,
     administration_ws,

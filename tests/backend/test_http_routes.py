@@ -9,7 +9,7 @@ from importlib.resources import files
 import pytest
 
 from parsec_server.api.addr import BackendAddr
-from parsec_server.backend.http_routes import HttpResponse, redirection_url, route_http
+from parsec_server.backend.asgi.routes import HttpResponse, redirection_url, route_http
 
 DEV_ADDR = BackendAddr.from_url("parsec://localhost:7301")
 NO_SSL_ADDR = BackendAddr.from_url("parsec://example.com:443?no_ssl=true")

@@ -52,7 +52,7 @@ import asyncio, json, sys
 from pathlib import Path
 from parsec_server.api.addr import BackendAddr
 from parsec_server.backend.config import BackendConfig, MockedBlockstoreConfig, MockedEmailConfig
-from parsec_server.backend.server import running_backend
+from parsec_server.backend.asgi.server import running_backend
 from parsec_server.cli.logging_setup import configure_logging
 
 settings = json.loads(sys.argv[1])

@@ -1,11 +1,14 @@
-"""What a connection knows about its peer once the handshake succeeded."""
+"""What a connection knows about its peer once the handshake succeeded, and the few things
+domain code tells a connection (the domain's whole interface to the transport)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from parsec_server.api.handshake import HandshakeResult
 from parsec_server.api.ids import HumanHandle, UserProfile
+from parsec_server.api.protocol.base import Rep
 from parsec_server.backend.client_events import ClientEvents
 
 if TYPE_CHECKING:
@@ -46,3 +49,16 @@ ClientContext = (
     | AnonymousClientContext
     | AdministrationClientContext
 )
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRefusal:
+    """Why the handshake failed (`help` is the optional text sent to the client)."""
+
+    result: HandshakeResult
+    help: str | None = None
+
+
+# A handler's answer meaning: close the connection without replying (what a claimer gets
+# when its invitation is deleted under it). Compared by identity.
+CLOSE_CONNECTION: Rep = {"status": "__close__"}

@@ -6,9 +6,13 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Set
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
-from parsec_server.backend.client_context import AuthenticatedClientContext, InvitedClientContext
+from parsec_server.backend.client_context import (
+    AuthenticatedClientContext,
+    ClientContext,
+    InvitedClientContext,
+)
 from parsec_server.backend.events import (
     Event,
     InviteStatusChangedEvent,
@@ -22,8 +26,15 @@ from parsec_server.backend.events import (
     UserRevokedEvent,
 )
 
-if TYPE_CHECKING:
-    from parsec_server.backend.connection import ClientConnection
+
+class ClientConnection(Protocol):
+    """What the registry needs of a live connection (the transport implements it)."""
+
+    @property
+    def client(self) -> ClientContext | None: ...
+
+    def on_event(self, event: Event) -> None: ...
+
 
 K = TypeVar("K")
 

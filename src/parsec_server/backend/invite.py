@@ -22,16 +22,16 @@ from parsec_server.api.handshake import (
     HELP_INVITATION_NOT_FOUND,
     HandshakeResult,
     InvitedAnswer,
-    result_frame,
 )
 from parsec_server.api.ids import HumanHandle, InvitationType, UserProfile
 from parsec_server.api.protocol import invite as proto
 from parsec_server.api.protocol.base import OK, Rep, error, ok
 from parsec_server.backend.client_context import (
+    CLOSE_CONNECTION,
     AuthenticatedClientContext,
+    HandshakeRefusal,
     InvitedClientContext,
 )
-from parsec_server.backend.dispatch import CLOSE_CONNECTION
 from parsec_server.backend.events import (
     Event,
     EventBus,
@@ -39,7 +39,6 @@ from parsec_server.backend.events import (
     InviteStatusChangedEvent,
     OrganizationExpiredEvent,
 )
-from parsec_server.backend.handshake import HandshakeOutcome
 from parsec_server.backend.invite_conduit import (
     ConduitBadOutcome,
     ConduitSlots,
@@ -171,26 +170,26 @@ class BaseInviteComponent(ABC):
 
     # Handshake
 
-    async def handshake(self, answer: InvitedAnswer) -> HandshakeOutcome:
+    async def handshake(self, answer: InvitedAnswer) -> InvitedClientContext | HandshakeRefusal:
         organization = await self._organization.get(answer.organization_id)
         if organization is None:
-            return HandshakeOutcome(result_frame(HandshakeResult.BAD_IDENTITY))
+            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY)
         if organization.is_expired(DateTime.now()):
             await self._event_bus.send(
                 OrganizationExpiredEvent(organization_id=answer.organization_id)
             )
-            return HandshakeOutcome(result_frame(HandshakeResult.ORGANIZATION_EXPIRED))
+            return HandshakeRefusal(HandshakeResult.ORGANIZATION_EXPIRED)
         invitation = await self.get(answer.organization_id, answer.token.uuid)
         if invitation is None:
             help = HELP_INVITATION_NOT_FOUND
-            return HandshakeOutcome(result_frame(HandshakeResult.BAD_IDENTITY, help))
+            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY, help)
         if invitation.deleted_on is not None:
             help = HELP_INVITATION_DELETED
-            return HandshakeOutcome(result_frame(HandshakeResult.BAD_IDENTITY, help))
+            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY, help)
         if invitation.type is not answer.invitation_type:
-            return HandshakeOutcome(result_frame(HandshakeResult.BAD_IDENTITY))
+            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY)
         client = InvitedClientContext(organization_id=answer.organization_id, invitation=invitation)
-        return HandshakeOutcome(result_frame(HandshakeResult.OK), client)
+        return client
 
     async def on_claimer_connected(self, client: InvitedClientContext) -> None:
         invitation = client.invitation

@@ -264,7 +264,7 @@ def _setup_logging(
 
 
 def _serve(config: BackendConfig) -> None:
-    from parsec_server.backend.server import run_server
+    from parsec_server.backend.asgi.server import run_server
 
     try:
         run_server(config)

@@ -14,7 +14,7 @@ import uvicorn
 import uvloop
 
 from parsec_server.backend.app import BackendApp, backend_app_factory
-from parsec_server.backend.asgi import BackendASGIApp
+from parsec_server.backend.asgi.app import BackendASGIApp
 from parsec_server.backend.config import (
     BackendConfig,
     BlockstoreConfig,

@@ -22,9 +22,6 @@ Precheck = Callable[[Any], Rep | None]
 
 UNKNOWN_COMMAND: Rep = {"status": "unknown_command", "reason": "Unknown command"}
 INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid message format"}
-# A handler's answer meaning: close the connection without replying (what a claimer gets
-# when its invitation is deleted under it). Compared by identity.
-CLOSE_CONNECTION: Rep = {"status": "__close__"}
 
 # msgpack type bytes of a map: fixmap, map16, map32.
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}

@@ -19,33 +19,35 @@ from parsec_server.api import codec
 from parsec_server.api.crypto import random_challenge
 from parsec_server.api.handshake import challenge_frame
 from parsec_server.api.protocol.base import Rep
-from parsec_server.backend.client_context import (
-    AuthenticatedClientContext,
-    ClientContext,
-    InvitedClientContext,
-)
-from parsec_server.backend.dispatch import (
-    CLOSE_CONNECTION,
+from parsec_server.backend.asgi.dispatch import (
     INVALID_MSG_FORMAT,
     Command,
     CommandTable,
     InvalidMessageFormat,
 )
+from parsec_server.backend.asgi.handshake import do_handshake
+from parsec_server.backend.asgi.websocket import TEXT_FRAME, AsgiWebSocket, WebSocketClosed
+from parsec_server.backend.client_context import (
+    CLOSE_CONNECTION,
+    AuthenticatedClientContext,
+    ClientContext,
+    InvitedClientContext,
+)
 from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
-from parsec_server.backend.handshake import do_handshake
-from parsec_server.backend.transport import TEXT_FRAME, AsgiWebSocket, WebSocketClosed
 
 if TYPE_CHECKING:
     from parsec_server.api.protocol.base import Req
     from parsec_server.backend.app import BackendApp
+    from parsec_server.backend.asgi.commands import CommandTables
 
 logger = structlog.get_logger("parsec.connection")
 _level_check = logging.getLogger("parsec.connection")
 
 
 class ClientConnection:
-    def __init__(self, app: BackendApp, ws: AsgiWebSocket) -> None:
+    def __init__(self, app: BackendApp, tables: CommandTables, ws: AsgiWebSocket) -> None:
         self._app = app
+        self._tables = tables
         self._ws = ws
         self.client: ClientContext | None = None
         self._task: asyncio.Task[None] | None = None
@@ -109,7 +111,7 @@ class ClientConnection:
         self.client = outcome.client
         self._app.connections.register(self)
         await self._app.on_client_connected(outcome.client)
-        await self._command_loop(self._app.command_table_for(outcome.client), outcome.client)
+        await self._command_loop(self._tables.for_client(outcome.client), outcome.client)
 
     async def _command_loop(self, table: CommandTable, client: ClientContext) -> None:
         next_frame: bytes | None = None

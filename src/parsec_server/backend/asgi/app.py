@@ -8,9 +8,10 @@ from typing import Any
 import structlog
 
 from parsec_server.backend.app import BackendApp
-from parsec_server.backend.connection import ClientConnection
-from parsec_server.backend.http_routes import route_http
-from parsec_server.backend.transport import AsgiWebSocket
+from parsec_server.backend.asgi.commands import CommandTables
+from parsec_server.backend.asgi.connection import ClientConnection
+from parsec_server.backend.asgi.routes import route_http
+from parsec_server.backend.asgi.websocket import AsgiWebSocket
 
 logger = structlog.get_logger("parsec.asgi")
 
@@ -18,13 +19,14 @@ logger = structlog.get_logger("parsec.asgi")
 class BackendASGIApp:
     def __init__(self, backend: BackendApp) -> None:
         self.backend = backend
+        self._tables = CommandTables(backend)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "websocket":
             ws = AsgiWebSocket(receive, send)
             if await ws.accept():
-                await ClientConnection(self.backend, ws).serve()
+                await ClientConnection(self.backend, self._tables, ws).serve()
         elif kind == "http":
             await self._http(scope, send)
         elif kind == "lifespan":

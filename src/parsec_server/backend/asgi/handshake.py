@@ -28,6 +28,7 @@ from parsec_server.backend.client_context import (
     AnonymousClientContext,
     AuthenticatedClientContext,
     ClientContext,
+    HandshakeRefusal,
 )
 from parsec_server.backend.events import OrganizationExpiredEvent
 
@@ -79,7 +80,10 @@ async def do_handshake(app: BackendApp, challenge: bytes, raw: bytes) -> Handsha
         case AuthenticatedAnswer() | APIV1AuthenticatedAnswer():
             return await _authenticated(app, challenge, answer, major)
         case InvitedAnswer():
-            return await app.invite.handshake(answer)
+            claimer = await app.invite.handshake(answer)
+            if isinstance(claimer, HandshakeRefusal):
+                return _failed(claimer.result, claimer.help)
+            return HandshakeOutcome(result_frame(HandshakeResult.OK), claimer)
         case APIV1AnonymousAnswer():
             return await _anonymous(app, answer)
         case APIV1AdministrationAnswer():
