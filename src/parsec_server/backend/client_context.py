@@ -51,6 +51,29 @@ ClientContext = (
 )
 
 
+def loggable(client: ClientContext | None) -> dict[str, str]:
+    """What may be logged about a peer: its kind, organization and device, never a token,
+    e-mail, human name or key."""
+    match client:
+        case AuthenticatedClientContext():
+            return {
+                "peer": "authenticated",
+                "organization": client.organization_id,
+                "device": client.device_id,
+            }
+        case InvitedClientContext():
+            return {
+                "peer": "invited",
+                "organization": client.organization_id,
+                "invitation_type": client.invitation.type.value,
+            }
+        case AnonymousClientContext():
+            return {"peer": "anonymous", "organization": client.organization_id}
+        case AdministrationClientContext():
+            return {"peer": "administration"}
+    return {"peer": "none"}
+
+
 @dataclass(frozen=True, slots=True)
 class HandshakeRefusal:
     """Why the handshake failed (`help` is the optional text sent to the client)."""

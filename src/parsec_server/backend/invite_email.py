@@ -148,7 +148,7 @@ class InvitationMailer:
                 self._config, email_config.sender, organization_id, invitation
             )
         except ValueError as exc:  # e.g. a claimer email with a line break
-            logger.warning("invitation e-mail not sent", to=recipient, error=str(exc))
+            logger.warning("invitation e-mail not sent", error=str(exc))
             return
         if isinstance(email_config, MockedEmailConfig):
             await asyncio.to_thread(_write_mocked, email_config, message)
@@ -164,7 +164,7 @@ def _write_mocked(config: MockedEmailConfig, message: EmailMessage) -> None:
         f.write(message.as_bytes())
     print(
         f"""\
-A request to send an e-mail to {message["To"]} has been triggered and mocked.
+A request to send an e-mail has been triggered and mocked.
 You can find the message at: {f.name}""",
         file=sys.stderr,
     )
@@ -190,7 +190,6 @@ async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: 
         # ValueError: an address aiosmtplib refuses to send (e.g. non-encodable).
         logger.warning(
             "invitation e-mail not sent",
-            to=recipient,
             smtp_host=config.host,
             smtp_port=config.port,
             error=str(exc) or type(exc).__name__,

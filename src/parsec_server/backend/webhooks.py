@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import structlog
@@ -40,6 +41,18 @@ def _post(url: str, body: bytes) -> int:
         return status
 
 
+def redacted_url(url: str) -> str:
+    """The URL as it may be logged: no credentials, query or fragment (they may hold a
+    secret), e.g. `https://hooks.example.com:8443/parsec`."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return urllib.parse.urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
+
+
 class BootstrapWebhook:
     def __init__(self, url: str | None) -> None:
         self._url = url
@@ -53,7 +66,7 @@ class BootstrapWebhook:
             # urllib blocks: run it in a thread so the event loop keeps serving.
             status = await asyncio.to_thread(_post, self._url, body)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            logger.warning("bootstrap webhook failed", url=self._url, error=str(exc))
+            logger.warning("bootstrap webhook failed", url=redacted_url(self._url), error=str(exc))
             return
         if status != 200:
-            logger.warning("bootstrap webhook refused", url=self._url, status=status)
+            logger.warning("bootstrap webhook refused", url=redacted_url(self._url), status=status)

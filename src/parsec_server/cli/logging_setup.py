@@ -69,7 +69,13 @@ def event_text(record: logging.LogRecord) -> str:
 def _renderer(log_format: LogFormat, to_terminal: bool) -> list[Processor]:
     if log_format == "JSON":
         return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    return [structlog.dev.ConsoleRenderer(colors=to_terminal)]
+    # Plain tracebacks: the rich/better-exceptions formatters structlog picks when they are
+    # installed print local variables, which hold tokens, keys and payloads.
+    return [
+        structlog.dev.ConsoleRenderer(
+            colors=to_terminal, exception_formatter=structlog.dev.plain_traceback
+        )
+    ]
 
 
 def _shared_processors() -> list[Processor]:

@@ -32,6 +32,7 @@ from parsec_server.backend.client_context import (
     AuthenticatedClientContext,
     ClientContext,
     InvitedClientContext,
+    loggable,
 )
 from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
 
@@ -88,7 +89,7 @@ class ClientConnection:
         except Exception:
             # A bug or an infrastructure failure (database down...): this connection ends,
             # the server goes on serving the others.
-            logger.exception("connection failed", client=repr(self.client))
+            logger.exception("connection failed", **loggable(self.client))
             await self._ws.close(1011)
         finally:
             if self.client is not None:

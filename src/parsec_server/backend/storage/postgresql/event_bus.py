@@ -44,7 +44,7 @@ class PostgreSQLEventBus(EventBus):
         try:
             event = event_from_json(payload)
         except ValueError:
-            logger.warning("undecodable event", payload=payload[:200])
+            logger.warning("undecodable event", size=len(payload))
             return
         self._dispatch(event)
 
