@@ -21,7 +21,7 @@ import trustme
 from click.testing import CliRunner, Result
 
 from parsec_server.api.addr import BackendAddr
-from parsec_server.backend import server
+from parsec_server.backend.asgi import server
 from parsec_server.backend.config import (
     BackendConfig,
     MockedBlockstoreConfig,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from parsec_server.backend import server
+from parsec_server.backend.asgi import server
 from parsec_server.backend.config import BackendConfig
 from parsec_server.cli import backend_run
 from parsec_server.cli.main import cli, cmd_args_from_env
