@@ -445,7 +445,7 @@ async def test_claimer_email_unusable_as_a_header_is_logged(
             await invite_user(org.alice, "zack@example.com\nBcc: eve@example.com")
     assert mailbox.mails == []
     [entry] = not_sent_logs(logs)
-    assert entry["to"] == "zack@example.com\nBcc: eve@example.com"
+    assert "zack@example.com" not in str(entry)  # no personal data in logs
 
 
 async def test_claimer_email_is_the_single_recipient(server_factory: ServerFactory) -> None:
@@ -618,8 +618,9 @@ async def test_mocked_email_is_written_to_a_file_with_a_notice_on_stderr(
     assert_alternative_parts(mail)
     assert_in_both_parts(mail, claim_link(org.organization_id, token), "Alice")
     err = capsys.readouterr().err
-    assert ZACK in err
+    assert "has been triggered and mocked" in err
     assert str(path) in err
+    assert ZACK not in err  # the address is in the file, not in the server's output
 
 
 # Failures
@@ -645,7 +646,7 @@ async def test_unreachable_smtp_server_is_logged_and_the_invitation_exists(
         await assert_server_serves(org.bob)
     [entry] = not_sent_logs(logs)
     assert entry["log_level"] == "warning"
-    assert entry["to"] == ZACK
+    assert ZACK not in str(entry)  # no personal data in logs
     assert "Connect call failed" in entry["error"] or "refused" in entry["error"].lower()
 
 
@@ -663,7 +664,7 @@ async def test_smtp_refusal_is_logged_and_the_invitation_exists(
         await alice.close()
         assert await listed_tokens(org.alice) == [rep["token"]]
     [entry] = not_sent_logs(logs)
-    assert entry["to"] == "alice@example.com"
+    assert "alice@example.com" not in str(entry)  # no personal data in logs
     assert "Message refused by the tests" in entry["error"]
 
 
@@ -714,7 +715,7 @@ async def test_stalled_smtp_server_does_not_block_the_server(
         silent.close()
         await silent.wait_closed()
     [entry] = not_sent_logs(logs)
-    assert entry["to"] == ZACK
+    assert ZACK not in str(entry)  # no personal data in logs
 
 
 async def assert_other_connections_are_served(org: Organization) -> None:
