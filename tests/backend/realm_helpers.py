@@ -63,10 +63,11 @@ async def new_realm(
     device: LocalDevice,
     members: dict[LocalDevice, RealmRole] | None = None,
     realm_id: ID | None = None,
+    created_on: DateTime | None = None,
 ) -> ID:
     """A realm created by `device` (its OWNER), shared by it with `members`."""
     async with await device.connect() as conn:
-        realm_id = await create_realm(conn, device, realm_id)
+        realm_id = await create_realm(conn, device, realm_id, created_on)
         for member, role in (members or {}).items():
             await share(conn, device, realm_id, member.user_id, role)
     return realm_id

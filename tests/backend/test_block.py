@@ -3,14 +3,19 @@ sizes they add to realm and organization stats."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
 
 from parsec_server.api.codec import ID
 from parsec_server.api.ids import RealmRole
+from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
 from parsec_server.client.connection import BackendConnection
 from parsec_server.client.device import LocalDevice
+from tests.backend.common import wait_set
 from tests.backend.realm_helpers import (
     IN_MAINTENANCE,
     NOT_ALLOWED,
@@ -185,3 +190,95 @@ async def test_organization_stats_count_blocks_and_vlob_versions(
         "data_size": 1123,
         "metadata_size": 45,
     }
+
+
+# Access changes during the upload: the metadata insert checks again
+
+
+class GatedBlockStore(BlockStore):
+    """Wraps a store: a write announces itself (`writing`) then waits for `release`."""
+
+    def __init__(self, store: BlockStore) -> None:
+        self._store = store
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def create(
+        self, organization_id: str, block_id: uuid.UUID, data: bytes
+    ) -> BlockStoreBadOutcome | None:
+        self.writing.set()
+        await self.release.wait()
+        return await self._store.create(organization_id, block_id, data)
+
+    async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
+        return await self._store.read(organization_id, block_id)
+
+
+@pytest.fixture
+async def gated_blockstore(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[GatedBlockStore]:
+    gated = GatedBlockStore(server.app.block.blockstore)
+    monkeypatch.setattr(server.app.block, "blockstore", gated)
+    yield gated
+    gated.release.set()  # never leave an upload waiting
+
+
+async def block_create_while(
+    gated: GatedBlockStore, device: LocalDevice, realm_id: ID, block_id: ID, change: Awaitable[None]
+) -> dict[str, Any]:
+    """block_create by `device`, with `change` made while its data is being written."""
+    async with await device.connect() as conn:
+        upload = asyncio.create_task(block_create(conn, realm_id, b"slow", block_id))
+        await wait_set(gated.writing)
+        await change
+        gated.release.set()
+        return await asyncio.wait_for(upload, 10)
+
+
+async def blocks_size(device: LocalDevice, realm_id: ID) -> int:
+    async with await device.connect() as conn:
+        reply = await conn.cmd("realm_stats", realm_id=realm_id)
+    assert reply["status"] == "ok", reply
+    size: int = reply["blocks_size"]
+    return size
+
+
+async def set_role_by_alice(org: Organization, realm_id: ID, role: RealmRole | None) -> None:
+    async with await org.alice.connect() as conn:
+        assert await update_roles(conn, org.alice, realm_id, "bob", role) == OK
+
+
+@pytest.mark.parametrize("new_role", [None, RealmRole.READER], ids=["removed", "reader"])
+async def test_block_create_by_a_writer_who_loses_write_access_during_the_upload_is_not_allowed(
+    org: Organization, gated_blockstore: GatedBlockStore, new_role: RealmRole | None
+) -> None:
+    realm_id = await new_realm(org.alice, {org.bob: RealmRole.CONTRIBUTOR})
+    block_id = new_id()
+    change = set_role_by_alice(org, realm_id, new_role)
+    reply = await block_create_while(gated_blockstore, org.bob, realm_id, block_id, change)
+    assert reply == NOT_ALLOWED
+    assert await block_read(org.alice, block_id) == NOT_FOUND
+    assert await blocks_size(org.alice, realm_id) == 0
+
+
+async def test_block_create_when_the_realm_enters_maintenance_during_the_upload_is_in_maintenance(
+    org: Organization, gated_blockstore: GatedBlockStore
+) -> None:
+    realm_id = await new_realm(org.alice)
+    block_id = new_id()
+    change = start_maintenance_alone(org.alice, realm_id)
+    reply = await block_create_while(gated_blockstore, org.alice, realm_id, block_id, change)
+    assert reply == IN_MAINTENANCE
+    assert await blocks_size(org.alice, realm_id) == 0
+
+
+async def test_block_create_by_a_writer_who_keeps_write_access_during_the_upload(
+    org: Organization, gated_blockstore: GatedBlockStore
+) -> None:
+    realm_id = await new_realm(org.alice, {org.bob: RealmRole.CONTRIBUTOR})
+    block_id = new_id()
+    change = set_role_by_alice(org, realm_id, RealmRole.MANAGER)
+    reply = await block_create_while(gated_blockstore, org.bob, realm_id, block_id, change)
+    assert reply == OK
+    assert await block_read(org.alice, block_id) == {"status": "ok", "block": b"slow"}

@@ -33,7 +33,8 @@ async def three_messages_for_bob(org: Organization) -> list[DateTime]:
     returns the messages' timestamps."""
     timestamps = [now().add(-30), now().add(-20), now().add(-10)]
     for index, timestamp in enumerate(timestamps, 1):
-        realm_id = await new_realm(org.alice)
+        # Created at the sharing's timestamp at the latest: alice must be its OWNER by then.
+        realm_id = await new_realm(org.alice, created_on=timestamp)
         async with await org.alice.connect() as conn:
             reply = await update_roles(
                 conn, org.alice, realm_id, "bob", RealmRole.READER, f"m{index}".encode(), timestamp

@@ -49,8 +49,9 @@ from tests.backend.realm_helpers import (
 from tests.fixtures.servers import Organization, RunningServer
 
 BALLPARK = 1800.0
+ROLE_MAX_AHEAD = 300.0  # a role certificate may be dated at most 5 minutes ahead
 OUT_OF_BALLPARK = [-BALLPARK - 5, BALLPARK + 5]
-IN_BALLPARK = [-BALLPARK + 60, BALLPARK - 60]
+IN_ROLE_WINDOW = [-BALLPARK + 60, ROLE_MAX_AHEAD - 5]
 FORGED = {
     "status": "invalid_certification",
     "reason": "Invalid certification data (Signature was forged or corrupt).",
@@ -271,8 +272,8 @@ async def test_realm_create_with_a_timestamp_out_of_the_ballpark_is_invalid(
     assert await realm_cmd(org.alice, "realm_status", realm_id) == realm_not_found(realm_id)
 
 
-@pytest.mark.parametrize("drift", IN_BALLPARK, ids=["past", "future"])
-async def test_realm_create_with_a_timestamp_in_the_ballpark_is_accepted(
+@pytest.mark.parametrize("drift", IN_ROLE_WINDOW, ids=["past", "future"])
+async def test_realm_create_with_a_timestamp_up_to_30_minutes_behind_or_5_ahead_is_accepted(
     org: Organization, drift: float
 ) -> None:
     certificate = role_certificate(org.alice, new_id(), "alice", RealmRole.OWNER, now().add(drift))
@@ -658,18 +659,6 @@ async def test_realm_update_roles_removes_the_role(org: Organization) -> None:
     assert await update_roles_by(org.bob, realm_id, "mallory", RealmRole.READER) == NOT_ALLOWED
 
 
-async def test_realm_update_roles_takes_the_latest_certificate_as_current_role(
-    org: Organization,
-) -> None:
-    realm_id = await new_realm(org.alice)
-    start = now()
-    async with await org.alice.connect() as conn:
-        await share(conn, org.alice, realm_id, "bob", RealmRole.READER, timestamp=start.add(10))
-        # Older than the grant: does not remove bob's role.
-        await share(conn, org.alice, realm_id, "bob", None, timestamp=start.add(5))
-    assert await realm_cmd(org.bob, "realm_status", realm_id) == fresh_status()
-
-
 async def test_realm_update_roles_of_a_revoked_user_is_accepted(org: Organization) -> None:
     realm_id = await new_realm(org.alice)
     async with await org.alice.connect() as conn:
@@ -690,8 +679,8 @@ async def test_realm_update_roles_sends_roles_updated_to_the_subject(org: Organi
 async def test_realm_update_roles_appends_the_message_with_the_certificate_timestamp(
     org: Organization,
 ) -> None:
-    realm_id = await new_realm(org.alice)
     timestamp = now().add(-42.123456)
+    realm_id = await new_realm(org.alice, created_on=timestamp.add(-1))
     async with await org.alice.connect() as conn:
         reply = await update_roles(
             conn, org.alice, realm_id, "bob", RealmRole.READER, b"<sharing.granted>", timestamp

@@ -12,7 +12,7 @@ have come from our server.
 
 The tests follow one story and share the module's server and organization; run in order:
 create and sync, share, second device, history, live changes, revocation, reencryption,
-restart.
+restart, then a role removal our server refuses (in a workspace of its own).
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ import hashlib, json, sys
 from pathlib import Path
 
 import trio
+from pendulum import now as pendulum_now
 
-from parsec.api.data import UserProfile
-from parsec.api.protocol import HumanHandle, InvitationType, UserID
+from parsec.api.data import RealmRoleCertificateContent, UserProfile
+from parsec.api.protocol import HumanHandle, InvitationType, RealmRole, UserID
 from parsec.core import logged_core_factory
 from parsec.core.backend_connection import (
     BackendConnStatus,
@@ -362,10 +363,39 @@ async def reencrypt(args):
         })
 
 
+async def refused_removal(args):
+    # In a new workspace: a role granted with a certificate dated ahead (as by a client whose
+    # clock is ahead), then removed through the client's sharing API, dated "now".
+    async with core_of(args) as core:
+        workspace_id = await core.user_fs.workspace_create(EntryName(args["name"]))
+        await core.user_fs.sync()
+        user_id = UserID(args["user_id"])
+        certificate = RealmRoleCertificateContent(
+            author=core.device.device_id,
+            timestamp=pendulum_now().add(seconds=args["ahead"]),
+            realm_id=workspace_id,
+            user_id=user_id,
+            role=RealmRole.CONTRIBUTOR,
+        ).dump_and_sign(core.device.signing_key)
+        grant = await core.user_fs.backend_cmds.realm_update_roles(certificate, None)
+        try:
+            await core.user_fs.workspace_share(workspace_id, user_id, None)
+            removal = "ok"
+        except Exception as exc:
+            removal = f"{type(exc).__name__}: {exc}"
+        # The client loads and checks every role certificate of the realm again.
+        roles = await core.user_fs.get_workspace(workspace_id).get_user_roles()
+        result({
+            "grant": grant["status"],
+            "removal": removal,
+            "roles": {str(user): role.value for user, role in roles.items()},
+        })
+
+
 COMMANDS = {
     f.__name__: f
     for f in (add_member, create_workspace, share, read, write, history, watch,
-              stay_connected, whoami, revoke, connect, reencrypt)
+              stay_connected, whoami, revoke, connect, reencrypt, refused_removal)
 }
 configure_logging(log_level="WARNING")
 trio.run(COMMANDS[sys.argv[1]], json.loads(sys.argv[2]))
@@ -795,3 +825,24 @@ def test_everything_is_still_there_after_a_server_restart(
     if "revoke" in story.done:
         outcome = story.run("connect", story.carol)
         assert outcome == {"outcome": "BackendConnectionRefused: Device has been revoked"}
+
+
+# --- 9. A role removal dated before the current grant -------------------------------------
+
+
+def test_removal_dated_before_the_current_grant_is_reported_and_the_realm_still_checks_out(
+    story: Story,
+) -> None:
+    # Our server refuses the removal (docs/deviations.md) instead of storing a certificate
+    # that would not change the role: the client reports the failed sharing, and still
+    # accepts the realm's certificates.
+    outcome = story.run(
+        "refused_removal", story.alice, name="Ahead of time", user_id=story.bob.user_id, ahead=120
+    )
+
+    assert outcome["grant"] == "ok"
+    assert outcome["removal"].startswith(
+        "FSError: Error while trying to set vlob group roles in backend: "
+    ), outcome
+    assert "'status': 'invalid_certification'" in outcome["removal"], outcome
+    assert outcome["roles"] == {story.alice.user_id: "OWNER", story.bob.user_id: "CONTRIBUTOR"}

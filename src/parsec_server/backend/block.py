@@ -23,7 +23,7 @@ def _block_reply(outcome: RealmBadOutcome) -> Rep:
 
 class BaseBlockComponent(ABC):
     def __init__(self, blockstore: BlockStore) -> None:
-        self._blockstore = blockstore
+        self.blockstore = blockstore  # where the data goes (tests may wrap it)
 
     # Storage (metadata)
 
@@ -43,7 +43,10 @@ class BaseBlockComponent(ABC):
         size: int,
         created_on: DateTime,
     ) -> RealmBadOutcome | None:
-        """Insert the metadata (BLOCK_ALREADY_EXISTS if a concurrent create won)."""
+        """Insert the metadata if, atomically with the insert, the realm still exists, the
+        author's user may still write in it and it is not in maintenance (the data upload
+        since `check_create` may have been long); BLOCK_ALREADY_EXISTS if a concurrent
+        create won."""
 
     @abstractmethod
     async def check_read(
@@ -61,12 +64,16 @@ class BaseBlockComponent(ABC):
         if refused is not None:
             return _block_reply(refused)
         # Data first, metadata last: a block is never announced before its data is stored.
-        if await self._blockstore.create(org, block_id, req.block) is not None:
+        if await self.blockstore.create(org, block_id, req.block) is not None:
             return bad_outcome_reply(RealmBadOutcome.BLOCKSTORE_UNAVAILABLE)
         outcome = await self.record(
             org, client.device_id, realm_id, block_id, len(req.block), DateTime.now()
         )
         if outcome is not None:
+            # The data stays in the blockstore, unreachable: block_read answers from the
+            # metadata only, and the id is the caller's own random one (a retry of this
+            # upload stores the same data again, idempotently). Removing it would need a
+            # delete operation on every blockstore for one block per lost race.
             return _block_reply(outcome)
         return OK
 
@@ -75,7 +82,7 @@ class BaseBlockComponent(ABC):
         refused = await self.check_read(org, client.user_id, block_id)
         if refused is not None:
             return _block_reply(refused)
-        data = await self._blockstore.read(org, block_id)
+        data = await self.blockstore.read(org, block_id)
         if data is BlockStoreBadOutcome.NOT_FOUND:
             return bad_outcome_reply(RealmBadOutcome.BLOCK_NOT_FOUND)
         if isinstance(data, BlockStoreBadOutcome):

@@ -11,7 +11,10 @@ from parsec_server.api.codec import DateTime
 from parsec_server.api.ids import RealmRole, UserProfile
 from parsec_server.api.protocol import realm as proto
 from parsec_server.api.protocol.base import OK, Rep, error, ok
-from parsec_server.backend.ballpark import timestamps_in_the_ballpark
+from parsec_server.backend.ballpark import (
+    role_certificate_timestamp_acceptable,
+    timestamps_in_the_ballpark,
+)
 from parsec_server.backend.client_context import AuthenticatedClientContext
 from parsec_server.backend.events import (
     EventBus,
@@ -86,8 +89,9 @@ class BaseRealmComponent(ABC):
     async def update_roles(
         self, organization_id: str, grant: RoleGrant, recipient_message: bytes | None
     ) -> NewMessage | RealmBadOutcome | None:
-        """Steps 5-13 of 40-realm-vlob.md §4.5 (uses `can_change_role`); returns the message
-        appended for the subject, if any."""
+        """Steps 5-13 of 40-realm-vlob.md §4.5 (uses `can_change_role`), with
+        `check_role_timestamp` after step 10; returns the message appended for the subject,
+        if any."""
 
     @abstractmethod
     async def start_reencryption_maintenance(
@@ -133,7 +137,8 @@ class BaseRealmComponent(ABC):
             )
         except CertificateError as exc:
             return _invalid_certification(str(exc))
-        if not timestamps_in_the_ballpark(cert.timestamp, DateTime.now()):
+        # Narrower than the ballpark in the future (5 minutes), see ballpark.py.
+        if not role_certificate_timestamp_acceptable(cert.timestamp, DateTime.now()):
             return error("invalid_certification", "Invalid timestamp in certification.")
         return cert
 

@@ -36,6 +36,23 @@ def can_change_role(
     return author_role in MANAGER_ROLES
 
 
+def check_role_timestamp(
+    granted_on: DateTime, subject_latest: DateTime | None, author_latest: DateTime | None
+) -> RealmBadOutcome | None:
+    """The last checks of a role change, given the timestamps of the latest role certificates
+    of its subject and of its author in the realm (None: they have none).
+
+    Strictly later than the subject's: the current role is the latest certificate, so an
+    earlier one would be accepted and ignored. Not earlier than the author's: clients replay
+    the certificates sorted by timestamp and require the author to hold its role at that
+    point of the replay (40-realm-vlob.md §4.4), which its latest certificate then gives."""
+    if subject_latest is not None and granted_on <= subject_latest:
+        return RealmBadOutcome.ROLE_NOT_AFTER_SUBJECT_LATEST
+    if author_latest is not None and granted_on < author_latest:
+        return RealmBadOutcome.ROLE_BEFORE_AUTHOR_LATEST
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message appended by a realm command, announced once committed."""
@@ -60,11 +77,24 @@ class RealmBadOutcome(Enum):
     VLOB_ALREADY_EXISTS = auto()
     BLOCK_ALREADY_EXISTS = auto()
     ALREADY_GRANTED = auto()
+    ROLE_NOT_AFTER_SUBJECT_LATEST = auto()
+    ROLE_BEFORE_AUTHOR_LATEST = auto()
     INCOMPATIBLE_PROFILE = auto()
     PARTICIPANTS_MISMATCH = auto()
     MAINTENANCE_ERROR = auto()
     BLOCKSTORE_UNAVAILABLE = auto()
 
+
+# Our own refusals (docs/deviations.md); the 2.0.0 client reports any status but `ok`,
+# `already_granted`, `not_allowed` and `in_maintenance` as a failed sharing.
+ROLE_NOT_AFTER_SUBJECT_LATEST_REASON = (
+    "Invalid timestamp in certification: it must be later than the latest role certificate "
+    "of this user in this realm."
+)
+ROLE_BEFORE_AUTHOR_LATEST_REASON = (
+    "Invalid timestamp in certification: it cannot be earlier than the latest role "
+    "certificate of its author in this realm."
+)
 
 BAD_TIMESTAMP_OUT_OF_DATE: Rep = {"status": "bad_timestamp", "reason": "Timestamp is out of date."}
 
@@ -105,6 +135,10 @@ def bad_outcome_reply(
             return error("already_exists", "")
         case RealmBadOutcome.ALREADY_GRANTED:
             return error("already_granted")
+        case RealmBadOutcome.ROLE_NOT_AFTER_SUBJECT_LATEST:
+            return error("invalid_certification", ROLE_NOT_AFTER_SUBJECT_LATEST_REASON)
+        case RealmBadOutcome.ROLE_BEFORE_AUTHOR_LATEST:
+            return error("invalid_certification", ROLE_BEFORE_AUTHOR_LATEST_REASON)
         case RealmBadOutcome.INCOMPATIBLE_PROFILE:
             return error(
                 "incompatible_profile", "User with OUTSIDER profile cannot be MANAGER or OWNER"

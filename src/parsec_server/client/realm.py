@@ -11,14 +11,17 @@ from parsec_server.client.organization import CommandFailed
 
 
 async def create_realm(
-    conn: BackendConnection, device: LocalDevice, realm_id: ID | None = None
+    conn: BackendConnection,
+    device: LocalDevice,
+    realm_id: ID | None = None,
+    timestamp: DateTime | None = None,
 ) -> ID:
     """Create a realm owned by `device`'s user (a new id unless given); returns its id."""
     realm_id = realm_id or ID.new()
     certificate = realm_role_certificate(
         device.signing_key,
         device.device_id,
-        DateTime.now(),
+        timestamp or DateTime.now(),
         realm_id,
         device.user_id,
         RealmRole.OWNER,

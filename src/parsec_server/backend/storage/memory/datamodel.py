@@ -41,15 +41,20 @@ class MemoryRealm:
     def in_maintenance(self) -> bool:
         return self.maintenance_started_on is not None
 
-    def current_role(self, user_id: str) -> RealmRole | None:
-        """The role of the latest certificate (ties: the last one received)."""
-        current: RoleGrant | None = None
+    def latest_grant(self, user_id: str) -> RoleGrant | None:
+        """The user's certificate with the greatest timestamp (ties: the last received)."""
+        latest: RoleGrant | None = None
         for grant in self.roles:
-            if grant.user_id == user_id and (
-                current is None or grant.granted_on >= current.granted_on
-            ):
-                current = grant
-        return None if current is None else current.role
+            if grant.user_id != user_id:
+                continue
+            if latest is None or grant.granted_on >= latest.granted_on:
+                latest = grant
+        return latest
+
+    def current_role(self, user_id: str) -> RealmRole | None:
+        """The role of the latest certificate."""
+        latest = self.latest_grant(user_id)
+        return None if latest is None else latest.role
 
 
 @dataclass

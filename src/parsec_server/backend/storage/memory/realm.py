@@ -4,7 +4,7 @@ import dataclasses
 import uuid
 
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import RealmRole, UserProfile
+from parsec_server.api.ids import RealmRole, UserProfile, user_id_of
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.realm import BaseRealmComponent, RealmStats, RealmStatus
 from parsec_server.backend.realm_types import (
@@ -12,6 +12,7 @@ from parsec_server.backend.realm_types import (
     RealmBadOutcome,
     RoleGrant,
     can_change_role,
+    check_role_timestamp,
 )
 from parsec_server.backend.storage.memory.datamodel import (
     MemoryDatamodel,
@@ -109,12 +110,21 @@ class MemoryRealmComponent(BaseRealmComponent):
             return RealmBadOutcome.REALM_NOT_FOUND
         if realm.in_maintenance:
             return RealmBadOutcome.IN_MAINTENANCE
-        existing = realm.current_role(grant.user_id)
-        author_role = realm.current_role(grant.granted_by.partition("@")[0])
+        subject_grant = realm.latest_grant(grant.user_id)
+        author_grant = realm.latest_grant(user_id_of(grant.granted_by))
+        existing = None if subject_grant is None else subject_grant.role
+        author_role = None if author_grant is None else author_grant.role
         if not can_change_role(author_role, existing, grant.role):
             return RealmBadOutcome.NOT_ALLOWED
         if existing == grant.role:
             return RealmBadOutcome.ALREADY_GRANTED
+        refused = check_role_timestamp(
+            grant.granted_on,
+            None if subject_grant is None else subject_grant.granted_on,
+            None if author_grant is None else author_grant.granted_on,
+        )
+        if refused is not None:
+            return refused
         realm.roles.append(grant)
         if recipient_message is None:
             return None

@@ -25,16 +25,34 @@ FROM realm r JOIN organization o ON o._id = r.organization
 WHERE o.organization_id = $1 AND r.realm_id = $3
 """
 
-# Nothing inserted: the block id is taken (by a concurrent block_create).
-_SQL_RECORD = """
-INSERT INTO block (organization, block_id, realm, author, size, created_on)
-SELECT o._id, $2, r._id, d._id, $5, $6
-FROM organization o
-JOIN realm r ON r.organization = o._id AND r.realm_id = $3
-JOIN device d ON d.organization = o._id AND d.device_id = $4
-WHERE o.organization_id = $1
-ON CONFLICT (organization, block_id) DO NOTHING
-RETURNING _id
+# The checks of _SQL_CHECK_CREATE again, in the statement that inserts (the role or the
+# maintenance may have changed during the upload): nothing inserted unless the author's user
+# may write ($7: the write roles) and the realm is not in maintenance, nor when the block id
+# is taken (by a concurrent block_create). A role change committed before this statement
+# starts is seen by it; one committed later is ordered after the insert.
+_SQL_RECORD = f"""
+WITH target AS (
+    SELECT
+        o._id AS organization,
+        r._id AS realm,
+        d._id AS author,
+        {sql_current_role("r", "d.user_")} AS role,
+        r.maintenance_type IS NOT NULL AS in_maintenance
+    FROM organization o
+    JOIN realm r ON r.organization = o._id AND r.realm_id = $3
+    JOIN device d ON d.organization = o._id AND d.device_id = $4
+    WHERE o.organization_id = $1
+),
+inserted AS (
+    INSERT INTO block (organization, block_id, realm, author, size, created_on)
+    SELECT t.organization, $2, t.realm, t.author, $5, $6
+    FROM target t
+    WHERE t.role = ANY($7::text[]) AND NOT t.in_maintenance
+    ON CONFLICT (organization, block_id) DO NOTHING
+    RETURNING _id
+)
+SELECT t.role, t.in_maintenance, NOT EXISTS (SELECT 1 FROM inserted) AS block_exists
+FROM target t
 """
 
 _SQL_CHECK_READ = f"""
@@ -48,6 +66,22 @@ WHERE o.organization_id = $1 AND b.block_id = $3
 """
 
 
+_WRITE_ROLES = sorted(role.value for role in WRITE_ROLES)
+
+
+def _create_refusal(row: asyncpg.Record | None) -> RealmBadOutcome | None:
+    """The outcome of _SQL_CHECK_CREATE or _SQL_RECORD, in the order of the checks."""
+    if row is None:
+        return RealmBadOutcome.REALM_NOT_FOUND
+    if row["role"] not in WRITE_ROLES:
+        return RealmBadOutcome.NOT_ALLOWED
+    if row["in_maintenance"]:
+        return RealmBadOutcome.IN_MAINTENANCE
+    if row["block_exists"]:
+        return RealmBadOutcome.BLOCK_ALREADY_EXISTS
+    return None
+
+
 class PGBlockComponent(BaseBlockComponent):
     def __init__(self, pool: asyncpg.Pool, blockstore: BlockStore) -> None:
         super().__init__(blockstore)
@@ -59,15 +93,7 @@ class PGBlockComponent(BaseBlockComponent):
         row = await self._pool.fetchrow(
             _SQL_CHECK_CREATE, organization_id, user_id, realm_id, block_id
         )
-        if row is None:
-            return RealmBadOutcome.REALM_NOT_FOUND
-        if row["role"] not in WRITE_ROLES:
-            return RealmBadOutcome.NOT_ALLOWED
-        if row["in_maintenance"]:
-            return RealmBadOutcome.IN_MAINTENANCE
-        if row["block_exists"]:
-            return RealmBadOutcome.BLOCK_ALREADY_EXISTS
-        return None
+        return _create_refusal(row)
 
     async def record(
         self,
@@ -78,10 +104,17 @@ class PGBlockComponent(BaseBlockComponent):
         size: int,
         created_on: DateTime,
     ) -> RealmBadOutcome | None:
-        inserted = await self._pool.fetchval(
-            _SQL_RECORD, organization_id, block_id, realm_id, author, size, created_on.dt
+        row = await self._pool.fetchrow(
+            _SQL_RECORD,
+            organization_id,
+            block_id,
+            realm_id,
+            author,
+            size,
+            created_on.dt,
+            _WRITE_ROLES,
         )
-        return RealmBadOutcome.BLOCK_ALREADY_EXISTS if inserted is None else None
+        return _create_refusal(row)
 
     async def check_read(
         self, organization_id: str, user_id: str, block_id: uuid.UUID

@@ -24,6 +24,7 @@ from parsec_server.backend.realm_types import (
     RealmBadOutcome,
     RoleGrant,
     can_change_role,
+    check_role_timestamp,
 )
 from parsec_server.backend.storage.postgresql.message import append_messages
 from parsec_server.backend.storage.postgresql.utils import to_datetime, to_db_datetime
@@ -46,6 +47,15 @@ def sql_current_role(realm: str, user: str) -> str:
         WHERE rr.realm = {realm}._id AND rr.user_ = {user}
         ORDER BY rr.certified_on DESC, rr._id DESC
         LIMIT 1
+    )"""
+
+
+def sql_latest_certified_on(realm: str, user: str) -> str:
+    """SQL expression: the timestamp of the latest role certificate (NULL: none) in the realm
+    row aliased `realm` of the user whose `user_._id` is the SQL expression `user`."""
+    return f"""(
+        SELECT max(rr.certified_on) FROM realm_user_role rr
+        WHERE rr.realm = {realm}._id AND rr.user_ = {user}
     )"""
 
 
@@ -129,8 +139,11 @@ SELECT
     r._id AS realm,
     r.maintenance_type IS NOT NULL AS in_maintenance,
     {sql_current_role("r", "s._id")} AS existing_role,
-    {sql_current_role("r", sql_user("r", "$4"))} AS author_role
+    {sql_latest_certified_on("r", "s._id")} AS subject_latest,
+    {sql_current_role("r", "a._id")} AS author_role,
+    {sql_latest_certified_on("r", "a._id")} AS author_latest
 FROM organization o
+LEFT JOIN user_ a ON a.organization = o._id AND a.user_id = $4
 LEFT JOIN user_ s ON s.organization = o._id AND s.user_id = $3
 LEFT JOIN realm r ON r.organization = o._id AND r.realm_id = $2
 WHERE o.organization_id = $1
@@ -330,6 +343,13 @@ class PGRealmComponent(BaseRealmComponent):
                 return RealmBadOutcome.NOT_ALLOWED
             if existing == grant.role:
                 return RealmBadOutcome.ALREADY_GRANTED
+            refused = check_role_timestamp(
+                grant.granted_on,
+                to_datetime(row["subject_latest"]),
+                to_datetime(row["author_latest"]),
+            )
+            if refused is not None:
+                return refused
             # 3. Write the grant (and the message, under the recipient's lock).
             await conn.execute(
                 _SQL_ADD_ROLE,
