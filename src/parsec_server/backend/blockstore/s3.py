@@ -35,6 +35,7 @@ from botocore.httpsession import (  # type: ignore[import-untyped, unused-ignore
 )
 
 from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
+from parsec_server.backend.blockstore.node_storage import s3_endpoint
 from parsec_server.backend.blockstore.remote import (
     DEFAULT_TIMEOUTS,
     RemoteTimeouts,
@@ -103,10 +104,6 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
-def _endpoint(config: S3BlockstoreConfig) -> str:
-    return config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"
-
-
 def _amz_date() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -156,7 +153,7 @@ class S3BlockStore(BlockStore):
         self._timeouts = timeouts
         self._closed = False
         self._signer = SigV4Signer(config.key, config.secret, config.region)
-        parts = urlsplit(_endpoint(config))
+        parts = urlsplit(s3_endpoint(config))
         self._https = parts.scheme == "https"
         self._host = parts.netloc.rpartition("@")[2]
         self._origin = f"{parts.scheme}://{self._host}"
