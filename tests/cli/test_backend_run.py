@@ -630,6 +630,21 @@ def test_raid5_with_two_nodes_fails_at_start_up(fake_server: FakeServer) -> None
     assert fake_server.configs == []
 
 
+def test_raid_nodes_sharing_a_storage_fail_at_start_up(fake_server: FakeServer) -> None:
+    args = [*without("--blockstore"), "--db", "postgresql://db.example.com/parsec"]
+    for node in ["RAID5:0:MOCKED", "RAID5:1:POSTGRESQL", "RAID5:2:POSTGRESQL"]:
+        args += ["-b", node]
+
+    result = invoke(args)
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: RAID5 nodes 1 and 2 use the same storage (POSTGRESQL: the `block_data` "
+        "table of the --db database): each node needs a storage of its own\n"
+    )
+    assert fake_server.configs == []
+
+
 def test_postgresql_blockstore_with_mocked_db_fails_at_start_up(fake_server: FakeServer) -> None:
     result = invoke(["--dev", "-b", "POSTGRESQL"])
 

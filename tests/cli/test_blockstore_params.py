@@ -210,3 +210,63 @@ def test_postgresql_blockstore_needs_a_postgresql_database(values: list[str]) ->
     with pytest.raises(StartupError, match=r"^PostgreSQL block store is not available$"):
         check_blockstore_usable(config, "MOCKED")
     check_blockstore_usable(config, "postgresql://db.example.com/parsec")
+
+
+S3_NODE = "s3:https\\://minio.example.com\\:9000:region1:parsec:key:secret"
+SWIFT_NODE = "swift:https\\://keystone.example.com/auth:tenant1:parsec:user:password"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        (["MOCKED", "POSTGRESQL", "POSTGRESQL"], "nodes 1 and 2 use the same storage "
+         "(POSTGRESQL: the `block_data` table of the --db database)"),
+        (["POSTGRESQL", "postgresql"], "nodes 0 and 1 use the same storage (POSTGRESQL"),
+        # The same endpoint however written, other credentials: the same bucket.
+        ([S3_NODE, "s3:MINIO.example.com\\:9000/:region2:parsec:other-key:other-secret"],
+         "nodes 0 and 1 use the same storage (S3 bucket `parsec` at "
+         "https://minio.example.com:9000)"),
+        (["s3:s3.example.com:r:b:k:s", "s3:https\\://s3.example.com\\:443:r:b:k2:s2"],
+         "nodes 0 and 1 use the same storage (S3 bucket `b` at https://s3.example.com)"),
+        (["S3::eu-west-1:bucket:k:s", "MOCKED", "s3::eu-west-1:bucket:k2:s2"],
+         "nodes 0 and 2 use the same storage "
+         "(S3 bucket `bucket` at https://s3.eu-west-1.amazonaws.com)"),
+        ([SWIFT_NODE, "swift:keystone.example.com/auth/:tenant1:parsec:other:pw"],
+         "nodes 0 and 1 use the same storage (Swift container `parsec` of tenant `tenant1` "
+         "at https://keystone.example.com/auth)"),
+        ([S3_NODE, S3_NODE, S3_NODE], "nodes 0, 1 and 2 use the same storage"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("mode", ["RAID0", "RAID1", "RAID5"])
+def test_raid_nodes_sharing_a_storage_cannot_start(
+    mode: str, nodes: list[str], message: str
+) -> None:
+    if mode == "RAID5" and len(nodes) < 3:
+        nodes = [*nodes, "MOCKED"]
+    config = parse_blockstore_params([f"{mode}:{i}:{node}" for i, node in enumerate(nodes)])
+    with pytest.raises(StartupError) as info:
+        check_blockstore_usable(config, "postgresql://db.example.com/parsec")
+    error = str(info.value)
+    assert error.startswith(f"{mode} {message}")
+    assert error.endswith(": each node needs a storage of its own")
+    assert "\n" not in error
+    assert "secret" not in error and "password" not in error
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        ["MOCKED", "MOCKED", "MOCKED"],  # each its own memory
+        ["POSTGRESQL", "MOCKED", S3_NODE],
+        [S3_NODE, "s3:https\\://minio.example.com\\:9000:region1:parsec-2:key:secret", "MOCKED"],
+        [S3_NODE, "s3:https\\://minio.example.com\\:9001:region1:parsec:key:secret", "MOCKED"],
+        [S3_NODE, "s3:https\\://minio2.example.com\\:9000:region1:parsec:key:secret", "MOCKED"],
+        ["s3::eu-west-1:bucket:k:s", "s3::eu-west-3:bucket-2:k:s", "MOCKED"],
+        [SWIFT_NODE, "swift:https\\://keystone.example.com/auth:tenant2:parsec:user:pw", "MOCKED"],
+        [SWIFT_NODE, "swift:https\\://keystone.example.com/auth:tenant1:other:user:pw", "MOCKED"],
+    ],
+)
+@pytest.mark.parametrize("mode", ["RAID0", "RAID1", "RAID5"])
+def test_raid_nodes_on_distinct_storages_can_start(mode: str, nodes: list[str]) -> None:
+    config = parse_blockstore_params([f"{mode}:{i}:{node}" for i, node in enumerate(nodes)])
+    check_blockstore_usable(config, "postgresql://db.example.com/parsec")

@@ -12,6 +12,7 @@ from typing import Literal
 
 import click
 
+from parsec_server.backend.blockstore.node_storage import check_raid_nodes_distinct
 from parsec_server.backend.config import (
     BlockstoreConfig,
     MockedBlockstoreConfig,
@@ -177,6 +178,7 @@ def check_blockstore_usable(blockstore: BlockstoreConfig, db_url: str) -> None:
         nodes = (blockstore,)
     if db_url == MOCKED_DB and any(isinstance(node, PostgreSQLBlockstoreConfig) for node in nodes):
         raise StartupError("PostgreSQL block store is not available")
-    is_raid5 = isinstance(blockstore, RaidBlockstoreConfig) and blockstore.mode == "RAID5"
-    if is_raid5 and len(nodes) < 3:
-        raise StartupError("RAID5 block store needs at least 3 nodes")
+    if isinstance(blockstore, RaidBlockstoreConfig):
+        if blockstore.mode == "RAID5" and len(nodes) < 3:
+            raise StartupError("RAID5 block store needs at least 3 nodes")
+        check_raid_nodes_distinct(blockstore)

@@ -155,6 +155,14 @@ class MotoS3Server:
                 Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
             )
 
+    async def delete_bucket(self, bucket: str) -> None:
+        async with self.client() as client:
+            await client.delete_bucket(Bucket=bucket)
+
+    async def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        async with self.client() as client:
+            await client.put_object(Bucket=bucket, Key=key, Body=data)
+
     async def get_object(self, bucket: str, key: str) -> bytes:
         async with self.client() as client:
             response = await client.get_object(Bucket=bucket, Key=key)

@@ -7,7 +7,8 @@ python-swiftclient uses for the blockstore:
 * auth v1.0: `GET /auth/v1.0` with `X-Auth-User: <user>:<tenant>` and `X-Auth-Key`,
   answering `X-Storage-Url` and `X-Auth-Token` (401 on bad credentials);
 * `HEAD /v1/AUTH_<tenant>/<container>`;
-* `GET`, `HEAD`, `PUT /v1/AUTH_<tenant>/<container>/<object>` (object names may hold `/`);
+* `GET`, `HEAD`, `PUT`, `DELETE /v1/AUTH_<tenant>/<container>/<object>` (object names may
+  hold `/`);
 * every storage request needs the token (401 otherwise), unknown container/object: 404.
 
 `failing = True` makes it answer 503 to everything; `stop()` closes the port.
@@ -96,6 +97,10 @@ class SwiftStandIn:
                 if self.command == "PUT":
                     standin.objects[container, name] = body
                     return self._reply(201, {"Etag": "x"})
+                if self.command == "DELETE":
+                    if standin.objects.pop((container, name), None) is None:
+                        return self._reply(404, {}, b"Not Found")
+                    return self._reply(204, {})
                 data = standin.objects.get((container, name))
                 if data is None:
                     return self._reply(404, {}, b"Not Found")
@@ -109,6 +114,6 @@ class SwiftStandIn:
                 headers = {"X-Storage-Url": standin.storage_url, "X-Auth-Token": standin.token}
                 return self._reply(200, headers)
 
-            do_GET = do_HEAD = do_PUT = _handle
+            do_GET = do_HEAD = do_PUT = do_DELETE = _handle
 
         return Handler

@@ -114,3 +114,37 @@ async def test_server_does_not_start_without_its_bucket(
     with pytest.raises(StartupError, match="Could not connect to the endpoint URL"):
         async with server_factory(blockstore=s3.config(BUCKET)):
             pass
+
+
+async def test_raid5_of_s3_retried_create_and_tampered_chunk_through_the_server(
+    server_factory: ServerFactory, s3_bucket: S3Bucket
+) -> None:
+    buckets = [S3Bucket(s3_bucket.server, f"{s3_bucket.name}-{index}") for index in range(3)]
+    for bucket in buckets:
+        await bucket.server.create_bucket(bucket.name)
+    config = RaidBlockstoreConfig("RAID5", tuple(bucket.config for bucket in buckets))
+    async with server_factory(blockstore=config) as server:
+        org = await create_org(server)
+        async with await org.alice.connect() as conn:
+            realm_id = await create_realm(conn, org.alice)
+            block_id = ID.new()
+            key = f"{org.organization_id}/{block_id.uuid}"
+            # Nodes 1 and 2 cannot store (their bucket is gone): `timeout`, then the
+            # client's retry brings new bytes of the same length.
+            for bucket in buckets[1:]:
+                await bucket.server.delete_bucket(bucket.name)
+            first, retry = b"first attempt" * 100, b"the retry, ok" * 100
+            rep = await conn.cmd("block_create", block_id=block_id, realm_id=realm_id, block=first)
+            assert rep == {"status": "timeout"}
+            for bucket in buckets[1:]:
+                await bucket.server.create_bucket(bucket.name)
+            rep = await conn.cmd("block_create", block_id=block_id, realm_id=realm_id, block=retry)
+            assert rep == {"status": "ok"}
+            assert await conn.cmd("block_read", block_id=block_id) == {
+                "status": "ok",
+                "block": retry,
+            }
+            # A chunk changed behind the server's back: an error, never wrong data.
+            chunk = await buckets[0].get_object(key)
+            await buckets[0].server.put_object(buckets[0].name, key, chunk[::-1])
+            assert await conn.cmd("block_read", block_id=block_id) == {"status": "timeout"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -108,4 +109,30 @@ async def test_raid5_needs_three_nodes() -> None:
     config = RaidBlockstoreConfig("RAID5", (MockedBlockstoreConfig(), MockedBlockstoreConfig()))
     with pytest.raises(StartupError, match=r"^RAID5 block store needs at least 3 nodes$"):
         async with blockstore_factory(config, None):
+            pass
+
+
+async def test_raid_of_nodes_sharing_a_storage_does_not_start(s3_bucket: S3Bucket) -> None:
+    # Two spellings of one bucket; no node is started (the check comes first).
+    endpoint = s3_bucket.config.endpoint_url
+    assert endpoint is not None
+    same_bucket = replace(s3_bucket.config, endpoint_url=endpoint.upper() + "/", key="other")
+    config = RaidBlockstoreConfig(
+        "RAID5", (s3_bucket.config, MockedBlockstoreConfig(), same_bucket)
+    )
+    with pytest.raises(StartupError) as exc_info:
+        async with blockstore_factory(config, None, FAST_TIMEOUTS):
+            pass
+    assert str(exc_info.value) == (
+        f"RAID5 nodes 0 and 2 use the same storage (S3 bucket `{s3_bucket.name}` at "
+        f"{endpoint}): each node needs a storage of its own"
+    )
+
+
+async def test_raid_of_postgresql_nodes_does_not_start() -> None:
+    config = RaidBlockstoreConfig("RAID0", (PostgreSQLBlockstoreConfig(),) * 2)
+    with pytest.raises(
+        StartupError, match=r"^RAID0 nodes 0 and 1 use the same storage \(POSTGRESQL"
+    ):
+        async with blockstore_factory(config, object()):
             pass

@@ -32,11 +32,13 @@ NOT_FOUND = BlockStoreBadOutcome.NOT_FOUND
 
 
 class FlakyNode(BlockStore):
-    """A memory node that can be switched to failing (UNAVAILABLE) or slow."""
+    """A memory node that can be switched to failing (UNAVAILABLE), slow, or failing its
+    deletes only."""
 
     def __init__(self) -> None:
         self.memory = MemoryBlockStore()
         self.down = False
+        self.refuse_deletes = False
         self.delay = 0.0
         self.calls = 0
 
@@ -56,8 +58,24 @@ class FlakyNode(BlockStore):
             return UNAVAILABLE
         return await self.memory.read(organization_id, block_id)
 
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.down or self.refuse_deletes:
+            return UNAVAILABLE
+        return await self.memory.delete(organization_id, block_id)
+
     def forget(self, block_id: uuid.UUID) -> None:
         del self.memory._blocks[ORG, block_id]
+
+    def held(self, block_id: uuid.UUID) -> bytes | None:
+        return self.memory._blocks.get((ORG, block_id))
+
+    def put(self, block_id: uuid.UUID, data: bytes) -> None:
+        """Writes straight into the node, as someone with access to its storage could."""
+        self.memory._blocks[ORG, block_id] = data
 
 
 def nodes(count: int) -> list[FlakyNode]:
@@ -220,14 +238,15 @@ async def test_raid5_read_with_any_one_node_down() -> None:
         members[down].down = False
 
 
-async def test_raid5_parity_read_only_when_needed() -> None:
+async def test_raid5_read_consults_every_node_parity_included() -> None:
     members = nodes(3)
     store = Raid5BlockStore(members)
     block_id = uuid.uuid4()
     assert await store.create(ORG, block_id, b"data") is None
-    members[2].calls = 0
+    for member in members:
+        member.calls = 0
     assert await store.read(ORG, block_id) == b"data"
-    assert members[2].calls == 0
+    assert [member.calls for member in members] == [1, 1, 1]
 
 
 async def test_raid5_two_failures() -> None:
@@ -272,6 +291,172 @@ async def test_raid5_corrupted_chunks_are_unavailable() -> None:
     assert await store.create(ORG, block_id, b"data") is None
     members[1].memory._blocks[ORG, block_id] = b"\x00"  # wrong length
     assert await store.read(ORG, block_id) is UNAVAILABLE
+
+
+# Retried creates (the client retries a failed block_create with new bytes: a fresh nonce,
+# the same length) and chunks that do not belong together
+
+
+OLD = bytes(range(200)) * 3  # a failed attempt's bytes
+NEW = bytes(reversed(range(200))) * 3  # its retry's: the same length, other bytes
+
+
+def raid5_chunks(data: bytes, node_count: int) -> list[bytes]:
+    chunks, parity = raid5_split(data, node_count)
+    return [*chunks, parity]
+
+
+async def test_raid5_failed_create_deletes_the_chunks_it_stored() -> None:
+    members = nodes(3)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    members[1].down = members[2].down = True
+    assert await store.create(ORG, block_id, OLD) is UNAVAILABLE
+    assert members[0].held(block_id) is None  # node 0 stored its chunk, then lost it
+
+
+async def test_raid5_retry_after_a_partial_failure_reads_the_new_content() -> None:
+    members = nodes(3)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    members[1].down = members[2].down = True
+    assert await store.create(ORG, block_id, OLD) is UNAVAILABLE
+    members[1].down = members[2].down = False
+    assert await store.create(ORG, block_id, NEW) is None
+    assert [member.held(block_id) for member in members] == raid5_chunks(NEW, 3)
+    assert await store.read(ORG, block_id) == NEW
+
+
+async def test_raid5_retry_overwrites_chunks_a_failed_create_could_not_delete() -> None:
+    members = nodes(3)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    members[0].refuse_deletes = True
+    members[1].down = members[2].down = True
+    assert await store.create(ORG, block_id, OLD) is UNAVAILABLE
+    assert members[0].held(block_id) == raid5_chunks(OLD, 3)[0]  # left behind
+    members[1].down = members[2].down = False
+    assert await store.create(ORG, block_id, NEW) is None
+    assert [member.held(block_id) for member in members] == raid5_chunks(NEW, 3)
+    for down in range(3):
+        members[down].down = True
+        assert await store.read(ORG, block_id) == NEW
+        members[down].down = False
+
+
+async def test_raid5_degraded_retry_without_the_node_of_the_failed_attempt() -> None:
+    members = nodes(3)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    members[1].down = members[2].down = True
+    assert await store.create(ORG, block_id, OLD) is UNAVAILABLE
+    # The retry succeeds degraded, without node 0, which had stored the first attempt.
+    members[1].down = members[2].down = False
+    members[0].down = True
+    assert await store.create(ORG, block_id, NEW) is None
+    assert await store.read(ORG, block_id) == NEW
+    members[0].down = False
+    assert await store.read(ORG, block_id) == NEW  # node 0 has no chunk: rebuilt
+
+
+async def test_raid5_retry_with_a_different_length_reads_the_new_content() -> None:
+    members = nodes(4)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    members[0].refuse_deletes = True
+    members[2].down = members[3].down = True
+    assert await store.create(ORG, block_id, b"short") is UNAVAILABLE
+    members[2].down = members[3].down = False
+    assert await store.create(ORG, block_id, NEW) is None
+    assert await store.read(ORG, block_id) == NEW
+
+
+async def test_raid5_stale_chunk_is_an_error_not_a_mix() -> None:
+    # A failed attempt's chunk that could be neither deleted nor overwritten (its node was
+    # down for the retry, which succeeded degraded), then that node is back.
+    members = nodes(3)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    members[0].refuse_deletes = True
+    members[1].down = members[2].down = True
+    assert await store.create(ORG, block_id, OLD) is UNAVAILABLE
+    members[1].down = members[2].down = False
+    members[0].down = True
+    assert await store.create(ORG, block_id, NEW) is None
+    members[0].down = False
+    assert members[0].held(block_id) == raid5_chunks(OLD, 3)[0]
+    assert await store.read(ORG, block_id) is UNAVAILABLE
+
+
+@pytest.mark.parametrize("node_count", [3, 5])
+async def test_raid5_chunks_of_two_contents_are_an_error_not_a_mix(node_count: int) -> None:
+    # What the reference's RAID5 (which never overwrites) leaves after a retried create.
+    members = nodes(node_count)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    old, new = raid5_chunks(OLD, node_count), raid5_chunks(NEW, node_count)
+    for stale in range(node_count):
+        for index, member in enumerate(members):
+            member.put(block_id, old[index] if index == stale else new[index])
+        assert await store.read(ORG, block_id) is UNAVAILABLE
+
+
+@pytest.mark.parametrize("tampered", range(3))
+async def test_raid5_tampered_chunk_is_an_error_not_data(tampered: int) -> None:
+    members = nodes(3)
+    store = Raid5BlockStore(members)
+    block_id = uuid.uuid4()
+    assert await store.create(ORG, block_id, NEW) is None
+    chunk = members[tampered].held(block_id)
+    assert chunk is not None
+    members[tampered].put(block_id, bytes([chunk[0] ^ 1]) + chunk[1:])  # one bit flipped
+    assert await store.read(ORG, block_id) is UNAVAILABLE
+    members[tampered].put(block_id, chunk)
+    assert await store.read(ORG, block_id) == NEW
+
+
+async def test_raid1_retry_after_a_partial_failure_reads_the_new_content() -> None:
+    members = nodes(3)
+    store = Raid1BlockStore(members)
+    block_id = uuid.uuid4()
+    members[2].down = True
+    assert await store.create(ORG, block_id, OLD) is UNAVAILABLE
+    members[2].down = False
+    assert await store.create(ORG, block_id, NEW) is None
+    assert [member.held(block_id) for member in members] == [NEW] * 3
+    for answering in range(3):  # whichever node answers first
+        for index, member in enumerate(members):
+            member.down = index != answering
+        assert await store.read(ORG, block_id) == NEW
+
+
+@pytest.mark.parametrize(
+    ("chunks", "problem"),
+    [
+        ([b"\x00\x00\x00\x05ab", b"cde\x00"], "different lengths"),
+        ([b"\x00\x00\x00\x09", b"abcd"], "does not fit"),  # 9 bytes need 7 per chunk
+        ([b"\x00\x00\x00\x01a", b"\x00" * 5], "does not fit"),  # 1 byte needs 3
+        ([b"\x00\x00\x00\x03", b"abc\x01"], "padding is not zero"),
+    ],
+)
+def test_raid5_join_refuses_chunks_not_laid_out_as_a_block(
+    chunks: list[bytes], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        raid5_join(chunks)
+
+
+@pytest.mark.parametrize("cls", [Raid0BlockStore, Raid1BlockStore, Raid5BlockStore])
+async def test_raid_delete_removes_the_block_from_its_nodes(cls: type[Raid0BlockStore]) -> None:
+    members = nodes(3)
+    store = cls(members)
+    block_id = uuid.uuid4()
+    assert await store.create(ORG, block_id, b"data") is None
+    assert await store.delete(ORG, block_id) is None
+    assert [member.held(block_id) for member in members] == [None] * 3
+    assert await store.read(ORG, block_id) is NOT_FOUND
+    members[raid0_node_index(block_id, 3)].down = True
+    assert await store.delete(ORG, block_id) is UNAVAILABLE
 
 
 def test_raid5_needs_three_nodes() -> None:

@@ -1,5 +1,6 @@
 """RAID1 and RAID5 over three real S3 stores (three moto servers over HTTPS), built by the
-blockstore factory as the server builds them; one member is killed mid-test."""
+blockstore factory as the server builds them; one member is killed mid-test, or made to
+fail its writes by removing its bucket."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.backend.blockstore.conftest import MotoFactory, MotoS3Server
 TIMEOUTS = RemoteTimeouts(connect=1.0, read=2.0, attempts=1, operation=3.0)
 ORG = "MyOrg"
 BUCKET = "parsec"
+BLOCK_ID = uuid.UUID("0f3c2b1a-1111-4222-8333-444455556666")
 
 
 async def three_stores(moto_servers: MotoFactory) -> list[MotoS3Server]:
@@ -76,3 +78,44 @@ async def test_raid5_over_s3_reads_survive_a_stopped_member(moto_servers: MotoFa
         servers[2].stop()  # and the parity node: two failures
         assert await store.read(ORG, block_id) is BlockStoreBadOutcome.UNAVAILABLE
         assert await store.create(ORG, uuid.uuid4(), b"x") is BlockStoreBadOutcome.UNAVAILABLE
+
+
+async def test_raid5_over_s3_retry_after_a_partial_failure(moto_servers: MotoFactory) -> None:
+    servers = await three_stores(moto_servers)
+    config = RaidBlockstoreConfig("RAID5", tuple(server.config(BUCKET) for server in servers))
+    key = f"{ORG}/{BLOCK_ID}"
+    first, retry = bytes(range(256)) * 40, bytes(reversed(range(256))) * 40
+    async with blockstore_factory(config, None, TIMEOUTS) as store:
+        # Nodes 1 and 2 refuse writes (no bucket): node 0's chunk is deleted again.
+        await servers[1].delete_bucket(BUCKET)
+        await servers[2].delete_bucket(BUCKET)
+        assert await store.create(ORG, BLOCK_ID, first) is BlockStoreBadOutcome.UNAVAILABLE
+        assert await servers[0].keys(BUCKET) == []
+        # The retry (new bytes) succeeds degraded without node 0, then node 0 is back.
+        await servers[0].delete_bucket(BUCKET)
+        await servers[1].create_bucket(BUCKET)
+        await servers[2].create_bucket(BUCKET)
+        assert await store.create(ORG, BLOCK_ID, retry) is None
+        await servers[0].create_bucket(BUCKET)
+        assert await store.read(ORG, BLOCK_ID) == retry
+        # A full retry (a later block_create of the same id) replaces every chunk.
+        assert await store.create(ORG, BLOCK_ID, first) is None
+        chunks, parity = raid5_split(first, 3)
+        assert [await server.get_object(BUCKET, key) for server in servers] == [*chunks, parity]
+        assert await store.read(ORG, BLOCK_ID) == first
+
+
+async def test_raid5_over_s3_chunk_not_matching_the_parity_is_an_error(
+    moto_servers: MotoFactory,
+) -> None:
+    servers = await three_stores(moto_servers)
+    config = RaidBlockstoreConfig("RAID5", tuple(server.config(BUCKET) for server in servers))
+    key = f"{ORG}/{BLOCK_ID}"
+    data = b"the content of a block"
+    async with blockstore_factory(config, None, TIMEOUTS) as store:
+        assert await store.create(ORG, BLOCK_ID, data) is None
+        chunk = await servers[1].get_object(BUCKET, key)
+        await servers[1].put_object(BUCKET, key, bytes(len(chunk)))  # same length, zeroed
+        assert await store.read(ORG, BLOCK_ID) is BlockStoreBadOutcome.UNAVAILABLE
+        servers[1].stop()  # without the wrong chunk the block is rebuilt from the others
+        assert await store.read(ORG, BLOCK_ID) == data

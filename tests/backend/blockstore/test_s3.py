@@ -65,12 +65,25 @@ async def test_path_style_url_signed_v4_with_the_region(s3_bucket: S3Bucket) -> 
     assert f"%2F{REGION}%2Fs3%2Faws4_request" in url
 
 
-async def test_create_is_idempotent_and_never_overwrites(s3_bucket: S3Bucket) -> None:
+async def test_create_overwrites_what_an_earlier_create_stored(s3_bucket: S3Bucket) -> None:
     store = await S3BlockStore.start(s3_bucket.config)
     try:
-        assert await store.create(ORG, BLOCK_ID, b"first") is None
-        assert await store.create(ORG, BLOCK_ID, b"second") is None
-        assert await store.read(ORG, BLOCK_ID) == b"first"
+        assert await store.create(ORG, BLOCK_ID, b"first attempt") is None
+        assert await store.create(ORG, BLOCK_ID, b"retry") is None
+        assert await store.read(ORG, BLOCK_ID) == b"retry"
+        assert await s3_bucket.keys() == [f"{ORG}/{BLOCK_ID}"]
+    finally:
+        await store.close()
+
+
+async def test_delete_removes_the_object_and_a_missing_one_is_fine(s3_bucket: S3Bucket) -> None:
+    store = await S3BlockStore.start(s3_bucket.config)
+    try:
+        assert await store.create(ORG, BLOCK_ID, b"data") is None
+        assert await store.delete(ORG, BLOCK_ID) is None
+        assert await store.read(ORG, BLOCK_ID) is BlockStoreBadOutcome.NOT_FOUND
+        assert await s3_bucket.keys() == []
+        assert await store.delete(ORG, BLOCK_ID) is None
     finally:
         await store.close()
 
@@ -139,7 +152,8 @@ async def test_store_down_answers_unavailable_quickly(moto_servers: MotoFactory)
         started = time.monotonic()
         assert await store.read(ORG, BLOCK_ID) is BlockStoreBadOutcome.UNAVAILABLE
         assert await store.create(ORG, uuid.uuid4(), b"x") is BlockStoreBadOutcome.UNAVAILABLE
-        assert time.monotonic() - started < 8  # two operations, each a few seconds at most
+        assert await store.delete(ORG, BLOCK_ID) is BlockStoreBadOutcome.UNAVAILABLE
+        assert time.monotonic() - started < 8  # three operations, each a second or two at most
     finally:
         await store.close()
 

@@ -59,12 +59,24 @@ async def test_create_then_read(swift: SwiftStandIn) -> None:
     assert ("HEAD", "/v1/AUTH_tenant1/parsec") in swift.requests
 
 
-async def test_create_is_idempotent_and_never_overwrites(swift: SwiftStandIn) -> None:
+async def test_create_overwrites_what_an_earlier_create_stored(swift: SwiftStandIn) -> None:
     store = await SwiftBlockStore.start(config_for(swift), FAST_TIMEOUTS)
     try:
-        assert await store.create(ORG, BLOCK_ID, b"first") is None
-        assert await store.create(ORG, BLOCK_ID, b"second") is None
-        assert await store.read(ORG, BLOCK_ID) == b"first"
+        assert await store.create(ORG, BLOCK_ID, b"first attempt") is None
+        assert await store.create(ORG, BLOCK_ID, b"retry") is None
+        assert await store.read(ORG, BLOCK_ID) == b"retry"
+    finally:
+        await store.close()
+
+
+async def test_delete_removes_the_object_and_a_missing_one_is_fine(swift: SwiftStandIn) -> None:
+    store = await SwiftBlockStore.start(config_for(swift), FAST_TIMEOUTS)
+    try:
+        assert await store.create(ORG, BLOCK_ID, b"data") is None
+        assert await store.delete(ORG, BLOCK_ID) is None
+        assert ("parsec", f"{ORG}/{BLOCK_ID}") not in swift.objects
+        assert await store.read(ORG, BLOCK_ID) is BlockStoreBadOutcome.NOT_FOUND
+        assert await store.delete(ORG, BLOCK_ID) is None
     finally:
         await store.close()
 
@@ -126,6 +138,7 @@ async def test_failing_store_is_unavailable(swift: SwiftStandIn) -> None:
         started = time.monotonic()
         assert await store.read(ORG, BLOCK_ID) is BlockStoreBadOutcome.UNAVAILABLE
         assert await store.create(ORG, uuid.uuid4(), b"x") is BlockStoreBadOutcome.UNAVAILABLE
+        assert await store.delete(ORG, BLOCK_ID) is BlockStoreBadOutcome.UNAVAILABLE
         assert time.monotonic() - started < 5
         swift.failing = False
         assert await store.read(ORG, BLOCK_ID) == b"data"

@@ -3,6 +3,7 @@
 `async with blockstore_factory(config, pool) as blockstore:` starts the store (S3 and
 Swift check their bucket/container: StartupError, with a one-line message, if they
 cannot be used, and the server does not start) and closes it (its connections) at exit.
+A RAID set is refused before any node starts if two of its nodes share a storage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from parsec_server.backend.blockstore.base import BlockStore
 from parsec_server.backend.blockstore.memory import MemoryBlockStore
+from parsec_server.backend.blockstore.node_storage import check_raid_nodes_distinct
 from parsec_server.backend.blockstore.remote import DEFAULT_TIMEOUTS, RemoteTimeouts
 from parsec_server.backend.config import (
     BlockstoreConfig,
@@ -53,6 +55,7 @@ async def _start_raid(
 
     if config.mode == "RAID5" and len(config.nodes) < 3:
         raise StartupError("RAID5 block store needs at least 3 nodes")
+    check_raid_nodes_distinct(config)
     nodes: list[BlockStore] = []
     for index, node_config in enumerate(config.nodes):
         try:

@@ -14,9 +14,15 @@ class MemoryBlockStore(BlockStore):
     async def create(
         self, organization_id: str, block_id: uuid.UUID, data: bytes
     ) -> BlockStoreBadOutcome | None:
-        self._blocks.setdefault((organization_id, block_id), data)
+        self._blocks[organization_id, block_id] = data
         return None
 
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
         data = self._blocks.get((organization_id, block_id))
         return BlockStoreBadOutcome.NOT_FOUND if data is None else data
+
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        self._blocks.pop((organization_id, block_id), None)
+        return None

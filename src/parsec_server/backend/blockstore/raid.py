@@ -1,5 +1,11 @@
 """RAID0, RAID1 and RAID5 over any single stores (protocol/50-block-blockstore.md
 sections 5.5 to 5.7, failure table of section 6). Every node is called concurrently.
+
+A block id's data must be one content on every node, even after failed creates and their
+retries (which the client sends with new bytes: a fresh nonce). The nodes' create replaces
+what an earlier attempt left, so a retry rewrites every node it reaches; RAID5 moreover
+deletes the chunks of a create that failed, and reads every node, the parity one included,
+to return a block only when its chunks agree (docs/deviations.md states the guarantees).
 """
 
 from __future__ import annotations
@@ -23,13 +29,25 @@ class _RaidBlockStore(BlockStore):
             raise ValueError("a RAID block store needs nodes")
         self.nodes = tuple(nodes)
 
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        outcomes = await asyncio.gather(
+            *(node.delete(organization_id, block_id) for node in self.nodes)
+        )
+        if any(outcome is not None for outcome in outcomes):
+            return BlockStoreBadOutcome.UNAVAILABLE
+        return None
+
     async def close(self) -> None:
         await asyncio.gather(*(node.close() for node in self.nodes))
 
 
-def _merged_failure(outcomes: Sequence[BlockStoreBadOutcome]) -> BlockStoreBadOutcome:
+def _merged_failure(
+    outcomes: Sequence[bytes | BlockStoreBadOutcome],
+) -> BlockStoreBadOutcome:
     """NOT_FOUND when every consulted node said so, UNAVAILABLE otherwise (a node that
-    failed may hold the data)."""
+    failed may hold the data, a node that answered holds some of it)."""
     if outcomes and all(outcome is BlockStoreBadOutcome.NOT_FOUND for outcome in outcomes):
         return BlockStoreBadOutcome.NOT_FOUND
     return BlockStoreBadOutcome.UNAVAILABLE
@@ -57,6 +75,11 @@ class Raid0BlockStore(_RaidBlockStore):
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
         return await self._node(block_id).read(organization_id, block_id)
 
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        return await self._node(block_id).delete(organization_id, block_id)
+
 
 # RAID1
 
@@ -65,8 +88,9 @@ class Raid1BlockStore(_RaidBlockStore):
     """Mirroring: every node holds the whole block.
 
     create needs every node (one failing node fails the create, so the client retries
-    later; nodes that already stored it accept the retry). read answers with the first
-    node that returns the block and cancels the others.
+    later; the retry overwrites what the failed attempt stored, so a successful create
+    leaves the same content on every node). read answers with the first node that returns
+    the block and cancels the others.
     """
 
     async def create(
@@ -117,35 +141,55 @@ def raid5_split(data: bytes, node_count: int) -> tuple[list[bytes], bytes]:
 
 def xor_chunks(chunks: Sequence[bytes]) -> bytes:
     """Bytewise XOR of chunks of one length."""
+    return _xor(chunks).to_bytes(len(chunks[0]), "big")
+
+
+def _xor(chunks: Sequence[bytes]) -> int:
+    """Bytewise XOR of chunks of one length, as an integer (ValueError if the lengths differ)."""
     length = len(chunks[0])
     if any(len(chunk) != length for chunk in chunks):
         raise ValueError("RAID5 chunks of different lengths")
     accumulator = 0
     for chunk in chunks:
         accumulator ^= int.from_bytes(chunk, "big")
-    return accumulator.to_bytes(length, "big")
+    return accumulator
 
 
 def raid5_join(chunks: Sequence[bytes]) -> bytes:
-    """The block from its data chunks (ValueError if they do not form one)."""
-    if any(len(chunk) != len(chunks[0]) for chunk in chunks):
+    """The block from its data chunks; ValueError unless they are laid out exactly as
+    `raid5_split` lays out a block (equal lengths, the length prefix giving that chunk
+    length, zero padding)."""
+    chunk_len = len(chunks[0])
+    if any(len(chunk) != chunk_len for chunk in chunks):
         raise ValueError("RAID5 chunks of different lengths")
     payload = b"".join(chunks)
     if len(payload) < _LENGTH_PREFIX_SIZE:
         raise ValueError("RAID5 payload shorter than its length prefix")
-    length = int.from_bytes(payload[:_LENGTH_PREFIX_SIZE], "big")
-    end = _LENGTH_PREFIX_SIZE + length
-    if end > len(payload):
-        raise ValueError("RAID5 length prefix beyond the payload")
+    end = _LENGTH_PREFIX_SIZE + int.from_bytes(payload[:_LENGTH_PREFIX_SIZE], "big")
+    if -(-end // len(chunks)) != chunk_len:
+        raise ValueError("RAID5 length prefix does not fit the chunk length")
+    if any(payload[end:]):
+        raise ValueError("RAID5 padding is not zero")
     return payload[_LENGTH_PREFIX_SIZE:end]
+
+
+def raid5_parity_matches(chunks: Sequence[bytes], parity: bytes) -> bool:
+    """Whether the parity chunk is the XOR of the data chunks (all of its length)."""
+    try:
+        return _xor([*chunks, parity]) == 0
+    except ValueError:  # lengths differ
+        return False
 
 
 class Raid5BlockStore(_RaidBlockStore):
     """Striping with a dedicated parity node (the last one, no rotation).
 
     create: every chunk written concurrently; with one node failing the block is stored
-    degraded and the create succeeds (section 5.7), with two or more it fails.
-    read: the data nodes only; one of them missing is rebuilt from the parity node.
+    degraded and the create succeeds (section 5.7); with two or more it fails, and the
+    chunks it did store are deleted so that no later read can mix them with a retry's.
+    read: every node, the parity one included. All chunks there: they must match the
+    parity, or the read fails (UNAVAILABLE) rather than return a mix. One chunk missing:
+    rebuilt from the others (nothing is left to check them against).
     """
 
     def __init__(self, nodes: Sequence[BlockStore]) -> None:
@@ -166,36 +210,54 @@ class Raid5BlockStore(_RaidBlockStore):
         failed = [index for index, outcome in enumerate(outcomes) if outcome is not None]
         if len(failed) > 1:
             logger.warning("RAID5 create failed", failed_nodes=failed, nodes=len(self.nodes))
+            stored = [index for index in range(len(self.nodes)) if index not in failed]
+            await self._undo_create(organization_id, block_id, stored)
             return BlockStoreBadOutcome.UNAVAILABLE
         if failed:
             logger.warning("RAID5 block stored degraded", failed_node=failed[0], block=block_id)
         return None
 
-    async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
-        *data_nodes, parity_node = self.nodes
-        results = await asyncio.gather(
-            *(node.read(organization_id, block_id) for node in data_nodes)
+    async def _undo_create(
+        self, organization_id: str, block_id: uuid.UUID, stored: Sequence[int]
+    ) -> None:
+        """Deletes the chunks a failed create stored: the client's retry brings new bytes,
+        and a node the retry cannot reach must not keep a chunk of this attempt."""
+        outcomes = await asyncio.gather(
+            *(self.nodes[index].delete(organization_id, block_id) for index in stored)
         )
-        failures = [result for result in results if not isinstance(result, bytes)]
-        if len(failures) > 1:
-            return _merged_failure(failures)
-        chunks = [result for result in results if isinstance(result, bytes)]
-        if failures:
-            missing = next(i for i, result in enumerate(results) if not isinstance(result, bytes))
-            parity = await parity_node.read(organization_id, block_id)
-            if not isinstance(parity, bytes):
-                return BlockStoreBadOutcome.UNAVAILABLE  # the other data nodes answered
-            try:
-                rebuilt = xor_chunks([*chunks, parity])
-            except ValueError as exc:
-                return self._corrupted(block_id, exc)
-            chunks.insert(missing, rebuilt)
-        try:
-            return raid5_join(chunks)
-        except ValueError as exc:
-            return self._corrupted(block_id, exc)
+        kept = [
+            index for index, outcome in zip(stored, outcomes, strict=True) if outcome is not None
+        ]
+        if kept:
+            logger.error("RAID5 failed create left chunks", nodes=kept, block=block_id)
 
-    @staticmethod
-    def _corrupted(block_id: uuid.UUID, exc: ValueError) -> BlockStoreBadOutcome:
-        logger.error("RAID5 chunks do not form a block", block=block_id, error=str(exc))
-        return BlockStoreBadOutcome.UNAVAILABLE
+    async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
+        results = await asyncio.gather(
+            *(node.read(organization_id, block_id) for node in self.nodes)
+        )
+        chunks = [result for result in results if isinstance(result, bytes)]
+        missing = [index for index, result in enumerate(results) if not isinstance(result, bytes)]
+        if len(missing) > 1:
+            if chunks:
+                logger.error("RAID5 block cannot be rebuilt", missing_nodes=missing, block=block_id)
+            return _merged_failure(results)
+        try:
+            return raid5_join(_data_chunks(chunks, missing[0] if missing else None))
+        except ValueError as exc:
+            logger.error("RAID5 chunks do not form a block", block=block_id, error=str(exc))
+            return BlockStoreBadOutcome.UNAVAILABLE
+
+
+def _data_chunks(present: list[bytes], missing: int | None) -> list[bytes]:
+    """The data chunks of a block from what its nodes returned (in node order, parity
+    last), `missing` being the one node that returned nothing, if any. ValueError if the
+    chunks disagree with the parity."""
+    if missing is None:
+        *data, parity = present
+        if not raid5_parity_matches(data, parity):
+            raise ValueError("RAID5 chunks do not match the parity")
+        return data
+    if missing == len(present):  # the parity node: the data chunks are all there
+        return present
+    *others, parity = present
+    return [*others[:missing], xor_chunks([*others, parity]), *others[missing:]]

@@ -1,14 +1,15 @@
 """Amazon S3 or a compatible store (`s3:<endpoint>:<region>:<bucket>:<key>:<secret>`),
 protocol/50-block-blockstore.md section 5.1.
 
-The hot calls (HeadObject and PutObject of `create`, GetObject of `read`) are plain HTTP
-requests signed by our own SigV4 signer (`sigv4.py`) over one `aiohttp.ClientSession` kept
-for the server's lifetime (its connection pool is reused by every request): only the
-status code and the body of the answers are looked at. Objects are addressed path-style,
-`<endpoint>/<bucket>/<key>`, the endpoint being `https://s3.<region>.amazonaws.com`
-when none is configured. The start-up check (HeadBucket) goes through an aiobotocore
-client, kept open as well. Both trust the same CAs: `AWS_CA_BUNDLE` if set, else the
-bundle botocore uses (certifi's).
+The hot calls (PutObject of `create`, GetObject of `read`, and DeleteObject of `delete`)
+are plain HTTP requests signed by our own SigV4 signer (`sigv4.py`) over one
+`aiohttp.ClientSession` kept for the server's lifetime (its connection pool is reused by
+every request): only the status code and the body of the answers are looked at. `create`
+overwrites an existing object (the reference looked first, with HeadObject, and kept it).
+Objects are addressed path-style, `<endpoint>/<bucket>/<key>`, the endpoint being
+`https://s3.<region>.amazonaws.com` when none is configured. The start-up check
+(HeadBucket) goes through an aiobotocore client, kept open as well. Both trust the same
+CAs: `AWS_CA_BUNDLE` if set, else the bundle botocore uses (certifi's).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from botocore.httpsession import (  # type: ignore[import-untyped, unused-ignore
 )
 
 from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
+from parsec_server.backend.blockstore.node_storage import s3_endpoint
 from parsec_server.backend.blockstore.remote import (
     DEFAULT_TIMEOUTS,
     RemoteTimeouts,
@@ -49,7 +51,7 @@ from parsec_server.backend.blockstore.sigv4 import (
 )
 from parsec_server.backend.config import S3BlockstoreConfig, StartupError
 
-# Error codes meaning "no such object": HeadObject has no body, so only its status code
+# Error codes meaning "no such object": a bodiless answer gives only its status code
 # (`404`); GetObject says `NoSuchKey`. A missing *bucket* (`NoSuchBucket`) is a broken
 # store, not a missing block.
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -102,10 +104,6 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
-def _endpoint(config: S3BlockstoreConfig) -> str:
-    return config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"
-
-
 def _amz_date() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -155,7 +153,7 @@ class S3BlockStore(BlockStore):
         self._timeouts = timeouts
         self._closed = False
         self._signer = SigV4Signer(config.key, config.secret, config.region)
-        parts = urlsplit(_endpoint(config))
+        parts = urlsplit(s3_endpoint(config))
         self._https = parts.scheme == "https"
         self._host = parts.netloc.rpartition("@")[2]
         self._origin = f"{parts.scheme}://{self._host}"
@@ -267,14 +265,7 @@ class S3BlockStore(BlockStore):
         key = object_key(organization_id, block_id)
         try:
             async with asyncio.timeout(self._timeouts.operation):
-                try:
-                    await self._request("HEAD", key)
-                except S3RequestError as exc:
-                    if exc.code not in _NOT_FOUND_CODES:
-                        raise
-                else:
-                    return None  # already stored (a retried create): never overwritten
-                await self._request("PUT", key, data)
+                await self._request("PUT", key, data)  # replaces a failed attempt's object
         except Exception as exc:  # any failure of the store is the `timeout` reply
             log_unavailable("s3", "create", key, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
@@ -294,3 +285,20 @@ class S3BlockStore(BlockStore):
             log_unavailable("s3", "read", key, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
         return data
+
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        key = object_key(organization_id, block_id)
+        try:
+            async with asyncio.timeout(self._timeouts.operation):
+                await self._request("DELETE", key)
+        except S3RequestError as exc:
+            if exc.code in _NOT_FOUND_CODES:
+                return None  # S3 itself answers 204 for a missing key; some stores 404
+            log_unavailable("s3", "delete", key, exc)
+            return BlockStoreBadOutcome.UNAVAILABLE
+        except Exception as exc:
+            log_unavailable("s3", "delete", key, exc)
+            return BlockStoreBadOutcome.UNAVAILABLE
+        return None

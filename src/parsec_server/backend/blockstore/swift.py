@@ -123,18 +123,9 @@ class SwiftBlockStore(BlockStore):
         name = object_key(organization_id, block_id)
         container = self._container
 
-        def head_then_put(conn: Any) -> None:
-            try:
-                conn.head_object(container, name)
-            except swiftclient.ClientException as exc:
-                if exc.http_status != 404:
-                    raise
-            else:
-                return  # already stored (a retried create): never overwritten
-            conn.put_object(container, name, data)
-
         try:
-            await self._call(head_then_put)
+            # Replaces a failed attempt's object (the reference looked first and kept it).
+            await self._call(lambda conn: conn.put_object(container, name, data))
         except Exception as exc:  # any failure of the store is the `timeout` reply
             log_unavailable("swift", "create", name, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
@@ -151,3 +142,17 @@ class SwiftBlockStore(BlockStore):
             log_unavailable("swift", "read", name, exc)
             return BlockStoreBadOutcome.UNAVAILABLE
         return bytes(body)
+
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        name = object_key(organization_id, block_id)
+        container = self._container
+        try:
+            await self._call(lambda conn: conn.delete_object(container, name))
+        except Exception as exc:
+            if _http_status(exc) == 404:
+                return None
+            log_unavailable("swift", "delete", name, exc)
+            return BlockStoreBadOutcome.UNAVAILABLE
+        return None
