@@ -182,6 +182,7 @@ def test_minimal_command_line_uses_the_documented_defaults(
     assert config.organization_bootstrap_webhook is None
     assert (config.ssl_certfile, config.ssl_keyfile) == (None, None)
     assert (config.debug, config.workers, config.sentry_url) == (False, 1, None)
+    assert (config.http_header_timeout, config.max_pending_connections_per_peer) == (10.0, 100)
     assert isinstance(config.email, MockedEmailConfig)
     assert config.email.sender == "no-reply@parsec.com"
     assert config.email.tmpdir.parent == temp_dir
@@ -224,6 +225,35 @@ def test_zero_workers_is_a_usage_error(fake_server: FakeServer) -> None:
     assert "Invalid value for '--workers'" in result.output
 
 
+def test_connection_limits_are_set_by_their_options(fake_server: FakeServer) -> None:
+    args = ["--http-header-timeout", "2.5", "--max-pending-connections-per-peer", "0"]
+    result = invoke([*REQUIRED_ARGS, *args])
+
+    assert result.exit_code == 0, result.output
+    config = fake_server.config
+    assert (config.http_header_timeout, config.max_pending_connections_per_peer) == (2.5, 0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--http-header-timeout", "0"),
+        ("--http-header-timeout", "-1"),
+        ("--http-header-timeout", "soon"),
+        ("--max-pending-connections-per-peer", "-1"),
+        ("--max-pending-connections-per-peer", "1.5"),
+    ],
+)
+def test_bad_connection_limit_is_a_usage_error(
+    fake_server: FakeServer, option: str, value: str
+) -> None:
+    result = invoke([*REQUIRED_ARGS, option, value])
+
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+    assert fake_server.configs == []
+
+
 def test_short_options_are_accepted(fake_server: FakeServer, logging_calls: LoggingCalls) -> None:
     args = [
         "-H", "0.0.0.0", "-P", "7000", "-b", "POSTGRESQL", "-l", "INFO", "-f", "JSON",
@@ -261,6 +291,8 @@ def test_short_options_are_accepted(fake_server: FakeServer, logging_calls: Logg
          "organization_bootstrap_webhook", "https://hook.example.com/x"),
         ("PARSEC_DEBUG", "1", "debug", True),
         ("PARSEC_WORKERS", "3", "workers", 3),
+        ("PARSEC_HTTP_HEADER_TIMEOUT", "0.5", "http_header_timeout", 0.5),
+        ("PARSEC_MAX_PENDING_CONNECTIONS_PER_PEER", "7", "max_pending_connections_per_peer", 7),
         ("PARSEC_SENTRY_URL", "https://k@sentry.example.com/1", "sentry_url",
          "https://k@sentry.example.com/1"),
     ],

@@ -18,7 +18,9 @@ def _free_port() -> int:
         return port
 
 
-def _run(db_url: str, port: int) -> subprocess.CompletedProcess[str]:
+def _run(
+    db_url: str, port: int, blockstore: str = "POSTGRESQL"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             PARSEC,
@@ -27,7 +29,7 @@ def _run(db_url: str, port: int) -> subprocess.CompletedProcess[str]:
             "--db",
             db_url,
             "--blockstore",
-            "POSTGRESQL",
+            blockstore,
             "--administration-token",
             "t",
             "--backend-addr",
@@ -68,3 +70,16 @@ def test_unmigrated_database_is_refused_with_a_hint_to_migrate(
     # Nothing ever listened.
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("MOCKED", port, blockstore="MOCKED")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = _error_lines(result)
+    assert line.startswith(f"Error: Cannot listen on 127.0.0.1:{port}: ")
+    assert "address already in use" in line.lower()

@@ -107,6 +107,10 @@ class BackendConfig:
     debug: bool = False
     workers: int = 1
     sentry_url: str | None = None  # accepted for compatibility; Sentry is not supported
+    # Connections that have not sent a complete request yet (docs/hardening.md): seconds
+    # they have to complete it, and how many one peer address may have (0: no cap).
+    http_header_timeout: float = 10.0
+    max_pending_connections_per_peer: int = 100
 
     @property
     def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:

@@ -160,6 +160,8 @@ def build_config(
     sentry_url: str | None = None,
     debug: bool = False,
     workers: int = 1,
+    http_header_timeout: float = 10.0,
+    max_pending_connections_per_peer: int = 100,
 ) -> BackendConfig:
     """Validates the `run` options into the server's configuration.
 
@@ -204,6 +206,8 @@ def build_config(
         debug=debug,
         workers=workers,
         sentry_url=sentry_url,
+        http_header_timeout=http_header_timeout,
+        max_pending_connections_per_peer=max_pending_connections_per_peer,
     )
 
 
@@ -485,6 +489,25 @@ option = functools.partial(click.option, show_envvar=True)
     default=1,
     show_default=True,
     help="Number of server processes",
+)
+@option(
+    "--http-header-timeout",
+    envvar="PARSEC_HTTP_HEADER_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10,
+    show_default=True,
+    help="Seconds a new connection has to send its complete HTTP request headers (and to "
+    "finish the TLS handshake before that); a slower one is closed",
+)
+@option(
+    "--max-pending-connections-per-peer",
+    envvar="PARSEC_MAX_PENDING_CONNECTIONS_PER_PEER",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Connections one address may have whose HTTP request or websocket upgrade is not "
+    "complete yet, per server process; beyond, new ones are closed at once. "
+    "0: no cap (needed behind a reverse proxy, where every client has the proxy's address)",
 )
 def run(
     *,

@@ -9,12 +9,20 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 import uvloop
 
 from parsec_server.backend.app import BackendApp, backend_app_factory
 from parsec_server.backend.asgi.app import BackendASGIApp
+from parsec_server.backend.asgi.limits import (
+    LimitedHttpToolsProtocol,
+    LimitedWebSocketProtocol,
+    PendingLimits,
+    descriptor_warning_floor,
+    http_protocol_class,
+)
 from parsec_server.backend.config import (
     BackendConfig,
     BlockstoreConfig,
@@ -28,18 +36,23 @@ WS_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
 
 
 def uvicorn_config(config: BackendConfig, app: BackendASGIApp) -> uvicorn.Config:
+    limits = PendingLimits(
+        header_timeout=config.http_header_timeout,
+        max_per_peer=config.max_pending_connections_per_peer,
+        descriptor_floor=descriptor_warning_floor(),
+    )
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
         ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
-        ws="websockets-sansio",
+        ws=LimitedWebSocketProtocol,  # websockets-sansio
         ws_max_size=WS_MAX_MESSAGE_SIZE,
         ws_ping_interval=None,  # the reference never pings its clients
         ws_ping_timeout=None,
         ws_per_message_deflate=False,
-        http="httptools",
+        http=http_protocol_class(limits),  # httptools
         loop="uvloop",
         lifespan="off",
         log_config=None,
@@ -50,6 +63,56 @@ def uvicorn_config(config: BackendConfig, app: BackendASGIApp) -> uvicorn.Config
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, listening by itself to give the TLS handshake a deadline: the
+    header timeout (uvicorn leaves the event loop's default of 60 s). The request's own
+    deadline starts once the handshake is done (see `limits`)."""
+
+    def __init__(self, config: uvicorn.Config, tls_handshake_timeout: float) -> None:
+        super().__init__(config)
+        self._tls_handshake_timeout = tls_handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # everything but listening
+        config = self.config
+        protocol_class = config.http_protocol_class
+        assert issubclass(protocol_class, LimitedHttpToolsProtocol)
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return protocol_class(
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if config.ssl is not None:
+            tls = {"ssl": config.ssl, "ssl_handshake_timeout": self._tls_handshake_timeout}
+        if sockets is None:
+            try:
+                server = await loop.create_server(
+                    create_protocol,
+                    host=config.host,
+                    port=config.port,
+                    backlog=config.backlog,
+                    **tls,
+                )
+            except OSError as exc:
+                raise StartupError(f"Cannot listen on {config.host}:{config.port}: {exc}") from exc
+            self.servers = [server]
+        else:
+            self.servers = [
+                await loop.create_server(create_protocol, sock=sock, backlog=config.backlog, **tls)
+                for sock in sockets
+            ]
+
+
+def make_server(config: BackendConfig, app: BackendASGIApp) -> Server:
+    return Server(uvicorn_config(config, app), tls_handshake_timeout=config.http_header_timeout)
+
+
 @contextlib.asynccontextmanager
 async def running_backend(
     config: BackendConfig, sock: socket.socket | None = None
@@ -57,9 +120,9 @@ async def running_backend(
     """Serve in the background for the duration of the block; yields (app, port).
     Used by tests and benchmarks; `port=0` in the config picks a free port."""
     async with backend_app_factory(config) as backend:
-        uv_config = uvicorn_config(config, BackendASGIApp(backend))
+        server = make_server(config, BackendASGIApp(backend))
+        uv_config = server.config
         uv_config.load()
-        server = uvicorn.Server(uv_config)
         # Started by hand rather than with `serve()`: no signal handlers (we may not be
         # the main program) and no 0.1 s polling loop (tests start hundreds of servers).
         server.lifespan = uv_config.lifespan_class(uv_config)
@@ -91,7 +154,7 @@ async def _stop(server: uvicorn.Server) -> None:
 async def serve(config: BackendConfig, sock: socket.socket | None = None) -> None:
     """Serve until interrupted (raises StartupError before listening on a bad setup)."""
     async with backend_app_factory(config) as backend:
-        server = uvicorn.Server(uvicorn_config(config, BackendASGIApp(backend)))
+        server = make_server(config, BackendASGIApp(backend))
         await server.serve(sockets=[sock] if sock is not None else None)
 
 
