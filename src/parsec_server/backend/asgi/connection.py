@@ -1,6 +1,7 @@
 """One websocket connection: handshake, then the command loop.
 
-Requests are processed one at a time, in order. A
+The handshake answer must come within `config.handshake_timeout` seconds, else the
+connection is closed (code 1008). Requests are processed one at a time, in order. A
 breathing command (events_listen) runs while the socket keeps being read: a new request
 abandons it without reply. A command waiting for another client (a rendezvous step) runs
 while the socket is watched: the connection closing abandons it, a new request waits for
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
 
 logger = structlog.get_logger("parsec.connection")
 _level_check = logging.getLogger("parsec.connection")
+
+# Close code when the handshake answer does not come in time: policy violation (the peer
+# holds a connection without identifying itself).
+HANDSHAKE_TIMEOUT_CLOSE_CODE = 1008
 
 
 class ClientConnection:
@@ -104,8 +109,15 @@ class ClientConnection:
 
     async def _serve(self) -> None:
         challenge = random_challenge()
-        await self._ws.send(challenge_frame(challenge))
-        raw = await self._ws.receive()
+        timeout = self._app.config.handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ws.send(challenge_frame(challenge))
+                raw = await self._ws.receive()
+        except TimeoutError:
+            logger.info("no handshake answer in time, closing connection", timeout=timeout)
+            await self._ws.close(HANDSHAKE_TIMEOUT_CLOSE_CODE)
+            return
         if raw is TEXT_FRAME:
             await self._reply_invalid_format_and_close()
             return
