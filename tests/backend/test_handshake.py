@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+from websockets.exceptions import ConnectionClosed
 
 from parsec_server.api import codec
 from parsec_server.api.codec import DateTime
@@ -22,7 +25,10 @@ from tests.fixtures.servers import (
     Organization,
     RunningServer,
     ServerFactory,
+    create_org,
+    make_config,
     new_organization_id,
+    running_server,
 )
 
 
@@ -287,3 +293,31 @@ async def test_invited_handshake_with_unknown_token_says_invitation_not_found(
         "result": "bad_identity",
         "help": "Invalid handshake: Invitation not found",
     }
+
+
+# Handshake timeout
+
+
+def test_handshake_timeout_defaults_to_10_seconds() -> None:
+    assert make_config().handshake_timeout == 10.0
+
+
+async def test_connection_not_answering_the_challenge_is_closed_after_the_timeout() -> None:
+    """A peer that completes the websocket upgrade, then never answers the challenge."""
+    async with running_server(make_config(handshake_timeout=0.5)) as server:
+        async with await raw_connect(server.addr) as ws:
+            challenge_decoder.decode(await ws.recv())  # type: ignore[arg-type]
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            elapsed = time.monotonic() - started
+        assert ws.close_code == 1008
+        assert 0.4 < elapsed < 3
+
+
+async def test_handshake_timeout_does_not_bound_an_established_connection() -> None:
+    async with running_server(make_config(handshake_timeout=0.5)) as server:
+        org = await create_org(server)
+        async with await org.alice.connect() as conn:
+            await asyncio.sleep(1)
+            assert await conn.cmd("ping", ping="later") == {"status": "ok", "pong": "later"}

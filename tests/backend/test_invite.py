@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.handshake import API_V2, InvitedAnswer, build_answer
 from parsec_server.api.ids import InvitationType, UserProfile
 from parsec_server.api.protocol.invite import InvitationDeletedReason
-from parsec_server.backend.events import Event, InviteConduitUpdatedEvent
+from parsec_server.backend.events import Event, InviteConduitUpdatedEvent, InviteStatusChangedEvent
+from parsec_server.backend.invite_conduit import ConduitState, Talked, claimer_left, talk
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.user import create_user
 from tests.backend.common import (
@@ -1041,6 +1043,203 @@ async def test_greeter_keeps_waiting_when_a_claimer_disconnects(
     }
 
 
+# A side leaving (its connection closing) in the middle of the rendezvous
+
+N_KEY = b"N" * 32  # the key of a claimer coming after one that left
+
+
+def abort(ws: ClientConnection) -> None:
+    """Drop the TCP connection without a websocket Close (a client killed, a network cut
+    noticed by the kernel)."""
+    ws.transport.abort()
+
+
+async def claimer_gone(watcher: ClientConnection) -> None:
+    """Read the greeter's events up to the IDLE telling that the claimer has left (sent
+    once the server has abandoned its wait and undone its part of the rendezvous)."""
+    assert [(await next_event(watcher))["invitation_status"] for _ in range(3)] == [
+        "IDLE",
+        "READY",
+        "IDLE",
+    ]
+
+
+async def assert_no_reply_yet(ws: ClientConnection) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ws.recv(), 0.3)
+
+
+async def run_steps(
+    ws: ClientConnection, steps: list[tuple[str, dict[str, Any]]], **extra: Any
+) -> list[dict[str, Any]]:
+    return [await send_cmd(ws, cmd, **extra, **fields) for cmd, fields in steps]
+
+
+async def steps_2_to_4(greeter: ClientConnection, claimer: ClientConnection, token: ID) -> None:
+    """The rest of the rendezvous, once both sides are through step 1."""
+    greeter_replies, claimer_replies = await asyncio.gather(
+        run_steps(greeter, GREETER_STEPS[1:], token=token), run_steps(claimer, CLAIMER_STEPS[1:])
+    )
+    assert greeter_replies == [
+        {"status": "ok", "claimer_hashed_nonce": b"hn"},
+        {"status": "ok", "claimer_nonce": b"cn"},
+        {"status": "ok"},
+        {"status": "ok"},
+        {"status": "ok", "payload": b"to greeter"},
+    ]
+    assert claimer_replies == [
+        {"status": "ok", "greeter_nonce": b"gn"},
+        {"status": "ok"},
+        {"status": "ok"},
+        {"status": "ok"},
+        {"status": "ok", "payload": b"to claimer"},
+    ]
+
+
+async def new_claimer_completes_the_rendezvous(
+    sessions: Sessions, org: Organization, greeter: ClientConnection, token: ID
+) -> None:
+    """A new claimer connection runs the whole rendezvous with `greeter` (already waiting
+    in step 1 with G_KEY)."""
+    claimer = await sessions.claimer(org.organization_id, token)
+    rep = await send_cmd(claimer, "invite_1_claimer_wait_peer", claimer_public_key=N_KEY)
+    assert rep == {"status": "ok", "greeter_public_key": G_KEY}
+    assert await recv_reply(greeter) == {"status": "ok", "claimer_public_key": N_KEY}
+    await steps_2_to_4(greeter, claimer, token)
+
+
+async def test_claimer_leaving_while_waiting_in_step_1_is_released(
+    server: RunningServer, sessions: Sessions, org: Organization
+) -> None:
+    watcher = await sessions.greeter(org.alice, subscribed=True)
+    greeter = await sessions.greeter(org.alice)
+    token = await invite_user(greeter)
+    gone = await sessions.claimer(org.organization_id, token)
+    await start_step(server, gone, token, "invite_1_claimer_wait_peer", claimer_public_key=C_KEY)
+    abort(gone)
+    await claimer_gone(watcher)
+    rep = await send_cmd(greeter, "invite_list")
+    assert [(item["token"], item["status"]) for item in rep["invitations"]] == [(token, "IDLE")]
+    # A greeter arriving now waits for a claimer: the dead one's key is gone.
+    await start_step(
+        server, greeter, token, "invite_1_greeter_wait_peer", token=token, greeter_public_key=G_KEY
+    )
+    await assert_no_reply_yet(greeter)
+    await new_claimer_completes_the_rendezvous(sessions, org, greeter, token)
+
+
+@pytest.mark.parametrize("claimer_waiting", [True, False], ids=["in_a_step", "between_steps"])
+async def test_claimer_leaving_after_step_1_resets_the_rendezvous(
+    server: RunningServer, sessions: Sessions, org: Organization, claimer_waiting: bool
+) -> None:
+    watcher = await sessions.greeter(org.alice, subscribed=True)
+    greeter = await sessions.greeter(org.alice)
+    token = await invite_user(greeter)
+    gone = await sessions.claimer(org.organization_id, token)
+    await step_1(greeter, gone, token)
+    if claimer_waiting:
+        await start_step(
+            server, gone, token, "invite_2a_claimer_send_hashed_nonce", claimer_hashed_nonce=b"hn"
+        )
+        abort(gone)
+        await claimer_gone(watcher)
+        # Its hashed nonce went with the reset: the greeter learns the claimer is gone.
+        rep = await send_cmd(greeter, "invite_2a_greeter_get_hashed_nonce", token=token)
+        assert rep == INVALID_STATE
+    else:
+        await start_step(server, greeter, token, "invite_2a_greeter_get_hashed_nonce", token=token)
+        abort(gone)
+        # The greeter blocked in step 2 is woken at once: "peer reset".
+        assert await recv_reply(greeter) == INVALID_STATE
+        await claimer_gone(watcher)
+    # As the 2.0.0 client, the greeter restarts from step 1, and the next claimer is served.
+    await start_step(
+        server, greeter, token, "invite_1_greeter_wait_peer", token=token, greeter_public_key=G_KEY
+    )
+    await assert_no_reply_yet(greeter)
+    await new_claimer_completes_the_rendezvous(sessions, org, greeter, token)
+
+
+async def test_greeter_leaving_while_waiting_in_step_1_withdraws_its_key(
+    server: RunningServer, sessions: Sessions, org: Organization
+) -> None:
+    gone = await sessions.greeter(org.alice)
+    token = await invite_user(gone)
+    await start_step(
+        server, gone, token, "invite_1_greeter_wait_peer", token=token, greeter_public_key=N_KEY
+    )
+    withdrawn = watch_events(server, conduit_updated(token))
+    abort(gone)
+    await wait_set(withdrawn)
+    claimer = await sessions.claimer(org.organization_id, token)
+    await start_step(server, claimer, token, "invite_1_claimer_wait_peer", claimer_public_key=C_KEY)
+    await assert_no_reply_yet(claimer)
+    greeter = await sessions.greeter(org.alice)
+    rep = await send_cmd(
+        greeter, "invite_1_greeter_wait_peer", token=token, greeter_public_key=G_KEY
+    )
+    assert rep == {"status": "ok", "claimer_public_key": C_KEY}
+    assert await recv_reply(claimer) == {"status": "ok", "greeter_public_key": G_KEY}
+
+
+async def test_greeter_holding_a_withdrawn_key_waits_for_the_next_claimer(
+    server: RunningServer, sessions: Sessions, org: Organization
+) -> None:
+    """The greeter found a claimer's key in step 1, but that claimer left before taking the
+    greeter's: the greeter neither pairs with the dead key nor fails, it waits."""
+    greeter = await sessions.greeter(org.alice)
+    token = await invite_user(greeter)
+    invite = server.app.invite
+    # A claimer's step 1 whose connection is gone before it could listen.
+    deposit = partial(talk, is_greeter=False, state=ConduitState.STATE_1_WAIT_PEERS, payload=C_KEY)
+    assert isinstance(
+        await invite.conduit_update(org.organization_id, token.uuid, None, deposit), Talked
+    )
+    await start_step(
+        server, greeter, token, "invite_1_greeter_wait_peer", token=token, greeter_public_key=G_KEY
+    )
+    left = partial(claimer_left, claimer_key=C_KEY)
+    await invite.conduit_update(org.organization_id, token.uuid, None, left)
+    await assert_no_reply_yet(greeter)
+    await new_claimer_completes_the_rendezvous(sessions, org, greeter, token)
+
+
+async def test_claimer_connection_outside_the_rendezvous_leaves_it_alone(
+    server: RunningServer, sessions: Sessions, org: Organization
+) -> None:
+    """A second claimer connection (say the invitation link opened twice) that never took
+    part in the rendezvous does not reset it when it closes."""
+    greeter = await sessions.greeter(org.alice)
+    token = await invite_user(greeter)
+    claimer = await sessions.claimer(org.organization_id, token)
+    await step_1(greeter, claimer, token)
+    other = await sessions.claimer(org.organization_id, token)
+    assert (await send_cmd(other, "invite_info"))["status"] == "ok"
+    left = watch_events(server, lambda event: isinstance(event, InviteStatusChangedEvent))
+    abort(other)
+    await wait_set(left)
+    await steps_2_to_4(greeter, claimer, token)
+
+
+async def test_request_sent_during_a_step_is_answered_after_it(
+    server: RunningServer, sessions: Sessions, org: Organization
+) -> None:
+    """The socket is read during a step (to see the peer leave), but a request sent
+    meanwhile still waits for the step's reply (protocol/10-transport.md 5.3)."""
+    greeter = await sessions.greeter(org.alice)
+    token = await invite_user(greeter)
+    claimer = await sessions.claimer(org.organization_id, token)
+    await start_step(server, claimer, token, "invite_1_claimer_wait_peer", claimer_public_key=C_KEY)
+    await claimer.send(codec.encode({"cmd": "ping", "ping": "queued"}))
+    await assert_no_reply_yet(claimer)
+    rep = await send_cmd(
+        greeter, "invite_1_greeter_wait_peer", token=token, greeter_public_key=G_KEY
+    )
+    assert rep == {"status": "ok", "claimer_public_key": C_KEY}
+    assert await recv_reply(claimer) == {"status": "ok", "greeter_public_key": G_KEY}
+    assert await recv_reply(claimer) == {"status": "ok", "pong": "queued"}
+
+
 # Several servers on one database
 
 
@@ -1082,5 +1281,39 @@ async def test_invite_list_says_ready_for_a_claimer_connected_to_another_server(
         assert [(item["token"], item["status"]) for item in rep["invitations"]] == [
             (token, "READY")
         ]
+        await greeters.close_all()
+        await claimers.close_all()
+
+
+async def test_claimer_leaving_on_another_server_is_released(
+    migrated_postgresql_url: str,
+) -> None:
+    async with (
+        running_server(make_config(migrated_postgresql_url)) as greeter_server,
+        running_server(make_config(migrated_postgresql_url)) as claimer_server,
+    ):
+        org = await create_org(greeter_server)
+        greeters, claimers = Sessions(greeter_server.addr), Sessions(claimer_server.addr)
+        watcher = await greeters.greeter(org.alice, subscribed=True)
+        greeter = await greeters.greeter(org.alice)
+        token = await invite_user(greeter)
+        gone = await claimers.claimer(org.organization_id, token)
+        await start_step(
+            claimer_server, gone, token, "invite_1_claimer_wait_peer", claimer_public_key=C_KEY
+        )
+        abort(gone)
+        await claimer_gone(watcher)
+        rep = await send_cmd(greeter, "invite_list")
+        assert [item["status"] for item in rep["invitations"]] == ["IDLE"]
+        await start_step(
+            greeter_server,
+            greeter,
+            token,
+            "invite_1_greeter_wait_peer",
+            token=token,
+            greeter_public_key=G_KEY,
+        )
+        await assert_no_reply_yet(greeter)
+        await new_claimer_completes_the_rendezvous(claimers, org, greeter, token)
         await greeters.close_all()
         await claimers.close_all()

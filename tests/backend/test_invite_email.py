@@ -11,7 +11,7 @@ import html
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -38,7 +38,13 @@ from tests.backend.common import (
     send_cmd,
     wait_until,
 )
-from tests.fixtures.servers import Organization, ServerFactory, create_org
+from tests.fixtures.servers import (
+    Organization,
+    ServerFactory,
+    create_org,
+    make_config,
+    running_server,
+)
 
 SENDER = "invitations@parsec.test"
 ZACK = "zack@example.com"
@@ -150,6 +156,7 @@ def smtp_config(
     use_tls: bool = False,
     host_user: str | None = None,
     host_password: str | None = None,
+    timeout: float = 30.0,
 ) -> SmtpEmailConfig:
     return SmtpEmailConfig(
         host="127.0.0.1",
@@ -159,6 +166,7 @@ def smtp_config(
         host_password=host_password,
         use_ssl=use_ssl,
         use_tls=use_tls,
+        timeout=timeout,
     )
 
 
@@ -727,3 +735,76 @@ async def assert_other_connections_are_served(org: Organization) -> None:
     await bob.close()
     # The invitation was created before the e-mail: another connection sees it.
     assert len(await listed_tokens(org.alice)) == 1
+
+
+# Bounded delivery
+
+
+@asynccontextmanager
+async def fake_smtp_server(
+    behaviour: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[tuple[int, list[asyncio.Task[None]]]]:
+    """A loopback server playing `behaviour` on each connection: (port, its sessions)."""
+    sessions: list[asyncio.Task[None]] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        sessions.append(task)
+        try:
+            await behaviour(reader, writer)
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(session, "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1], sessions
+    finally:
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+        listener.close()
+        await listener.wait_closed()
+
+
+async def timed_invitation(port: int) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """invite_new with an e-mail through the SMTP server on `port` (timeout 0.5 s):
+    (reply, seconds it took, "not sent" logs)."""
+    async with running_server(make_config(email=smtp_config(port, timeout=0.5))) as server:
+        org = await create_org(server)
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            rep = await invite(org.alice, type="USER", claimer_email=ZACK, send_email=True)
+            elapsed = time.monotonic() - started
+        assert await listed_tokens(org.alice) == [rep["token"]]
+    return rep, elapsed, not_sent_logs(logs)
+
+
+async def test_smtp_server_never_greeting_is_given_up_after_the_timeout() -> None:
+    async def accept_and_say_nothing(_: asyncio.StreamReader, __: asyncio.StreamWriter) -> None:
+        await asyncio.Event().wait()
+
+    async with fake_smtp_server(accept_and_say_nothing) as (port, sessions):
+        rep, elapsed, logs = await timed_invitation(port)
+        assert len(sessions) == 1
+    assert rep == {"status": "ok", "token": rep["token"]}
+    assert 0.4 < elapsed < 3
+    [entry] = logs
+    assert entry["error"] == "no answer in 0.5 s"
+
+
+async def test_smtp_timeout_bounds_the_whole_delivery() -> None:
+    """A server greeting one line at a time never lets a read time out: the timeout is
+    the whole delivery's."""
+
+    async def endless_greeting(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            writer.write(b"220-still greeting\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async with fake_smtp_server(endless_greeting) as (port, _):
+        rep, elapsed, logs = await timed_invitation(port)
+    assert rep == {"status": "ok", "token": rep["token"]}
+    assert 0.4 < elapsed < 3
+    assert [entry["error"] for entry in logs] == ["no answer in 0.5 s"]

@@ -3,12 +3,15 @@ commands and the API 1 anonymous `organization_bootstrap`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from nacl.signing import SigningKey
 
 from parsec_server.api.certificates import (
@@ -48,7 +52,9 @@ from tests.fixtures.servers import (
     Organization,
     RunningServer,
     ServerFactory,
+    make_config,
     new_organization_id,
+    running_server,
 )
 
 FAR_FUTURE = DateTime(datetime(2100, 1, 1, 12, 30, 15, 123456, tzinfo=UTC))
@@ -1049,6 +1055,90 @@ async def test_bootstrap_webhook_down_still_gives_ok(server_factory: ServerFacto
         assert rep == {"status": "ok"}
         async with await material.local_device(server, organization_id).connect() as conn:
             assert (await conn.cmd("ping", ping="x"))["status"] == "ok"
+
+
+@asynccontextmanager
+async def tcp_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A loopback server running `handler` for each connection; yields its port. The
+    handlers still running at the end are cancelled."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+
+
+async def timed_bootstrap_with_webhook(port: int) -> tuple[dict[str, Any], float, list[Any]]:
+    """Bootstrap an organization on a server whose webhook (0.5 s) is on `port`:
+    (reply, seconds it took, logs)."""
+    url = f"http://127.0.0.1:{port}/webhook"
+    config = make_config(
+        organization_bootstrap_webhook=url, organization_bootstrap_webhook_timeout=0.5
+    )
+    async with running_server(config) as server:
+        organization_id = new_organization_id()
+        token = await create_organization(server.addr, ADMINISTRATION_TOKEN, organization_id)
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            rep = await bootstrap_cmd(server, organization_id, Bootstrap.new().fields(token))
+            elapsed = time.monotonic() - started
+        assert (await status_of(server, organization_id))["is_bootstrapped"] is True
+    return rep, elapsed, logs
+
+
+def webhook_failures(logs: list[Any]) -> list[Any]:
+    return [entry for entry in logs if entry["event"] == "bootstrap webhook failed"]
+
+
+async def test_bootstrap_webhook_that_never_answers_is_given_up_after_its_timeout() -> None:
+    requests: list[bytes] = []
+
+    async def read_and_say_nothing(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        await asyncio.Event().wait()
+
+    async with tcp_server(read_and_say_nothing) as port:
+        rep, elapsed, logs = await timed_bootstrap_with_webhook(port)
+    assert rep == {"status": "ok"}
+    assert 0.4 < elapsed < 3
+    assert [r.split(b" ", 2)[:2] for r in requests] == [[b"POST", b"/webhook"]]
+    assert [entry["error"] for entry in webhook_failures(logs)] == ["no answer in 0.5 s"]
+
+
+async def test_bootstrap_webhook_timeout_bounds_the_whole_call() -> None:
+    """A webhook answering a byte at a time never lets one socket read time out: the
+    timeout is the whole call's."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while True:
+            writer.write(b"z")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async with tcp_server(trickle) as port:
+        rep, elapsed, logs = await timed_bootstrap_with_webhook(port)
+    assert rep == {"status": "ok"}
+    assert 0.4 < elapsed < 3
+    assert len(webhook_failures(logs)) == 1
 
 
 # Every administration command refuses garbage the same way

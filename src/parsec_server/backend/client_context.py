@@ -31,6 +31,10 @@ class AuthenticatedClientContext:
 class InvitedClientContext:
     organization_id: str
     invitation: Invitation  # as it was at handshake time
+    # The key this connection deposited in step 1 of the rendezvous, while it may still be
+    # part of it (None: it never started, or its exchange was reset by someone else).
+    # What its departure undoes (`BaseInviteComponent.on_claimer_disconnected`).
+    conduit_key: bytes | None = None
 
 
 @dataclass(slots=True)

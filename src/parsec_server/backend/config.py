@@ -76,6 +76,7 @@ class SmtpEmailConfig:
     host_password: str | None = field(repr=False)
     use_ssl: bool  # implicit TLS from the first byte
     use_tls: bool  # STARTTLS
+    timeout: float = 30.0  # seconds for the whole delivery of one e-mail (docs/timeouts.md)
 
     def describe(self) -> str:
         return (
@@ -102,6 +103,10 @@ class BackendConfig:
     db_first_tries_sleep: float = 1.0
     spontaneous_organization_bootstrap: bool = False
     organization_bootstrap_webhook: str | None = None
+    # Seconds for the whole webhook call (connection, request, answer).
+    organization_bootstrap_webhook_timeout: float = 30.0
+    # Seconds a new connection has to answer the handshake challenge.
+    handshake_timeout: float = 10.0
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     debug: bool = False

@@ -45,8 +45,10 @@ from parsec_server.backend.invite_conduit import (
     ConduitState,
     Listened,
     Talked,
+    claimer_left,
     listen,
     talk,
+    withdraw,
 )
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.organization import BaseOrganizationComponent
@@ -201,13 +203,20 @@ class BaseInviteComponent(ABC):
         )
 
     async def on_claimer_disconnected(self, client: InvitedClientContext) -> None:
+        """The claimer's connection has closed (its pending step, if any, is already
+        abandoned): undo its part of the rendezvous, then tell the greeter it is gone."""
         invitation = client.invitation
-        await self._send_status(
-            client.organization_id,
-            invitation.greeter_user_id,
-            invitation.token,
-            InvitationStatus.IDLE,
-        )
+        try:
+            if client.conduit_key is not None:
+                step = partial(claimer_left, claimer_key=client.conduit_key)
+                await self.conduit_update(client.organization_id, invitation.token, None, step)
+        finally:
+            await self._send_status(
+                client.organization_id,
+                invitation.greeter_user_id,
+                invitation.token,
+                InvitationStatus.IDLE,
+            )
 
     # Greeter's management commands
 
@@ -306,8 +315,40 @@ class BaseInviteComponent(ABC):
         state: ConduitState,
         payload: bytes,
     ) -> bytes | ConduitBadOutcome:
-        """Deposit our payload for `state` and wait for the peer's (no timeout: the client
-        gives up by closing its connection)."""
+        """Deposit our payload for `state` and wait for the peer's. No timeout, as the
+        reference: the client gives up by closing its connection, which abandons the wait
+        (the task is cancelled) and, at step 1, withdraws our key."""
+        try:
+            return await self._talk_and_listen(
+                organization_id, token, greeter_user_id, state, payload
+            )
+        except asyncio.CancelledError:
+            if state is ConduitState.STATE_1_WAIT_PEERS:
+                await self._withdraw(organization_id, token, greeter_user_id, payload)
+            raise
+
+    async def _withdraw(
+        self, organization_id: str, token: uuid.UUID, greeter_user_id: str | None, key: bytes
+    ) -> None:
+        step = partial(
+            withdraw,
+            is_greeter=greeter_user_id is not None,
+            state=ConduitState.STATE_1_WAIT_PEERS,
+            payload=key,
+        )
+        try:
+            await self.conduit_update(organization_id, token, greeter_user_id, step)
+        except Exception:
+            logger.exception("cannot withdraw an abandoned step 1 key", token=str(token))
+
+    async def _talk_and_listen(
+        self,
+        organization_id: str,
+        token: uuid.UUID,
+        greeter_user_id: str | None,
+        state: ConduitState,
+        payload: bytes,
+    ) -> bytes | ConduitBadOutcome:
         is_greeter = greeter_user_id is not None
         # 1. Arm the waiter before talking, so that no notification can be missed.
         with self._conduit_waiter(organization_id, token) as waiter:
@@ -359,10 +400,16 @@ class BaseInviteComponent(ABC):
     ) -> bytes | Rep:
         result: bytes | ConduitBadOutcome = b""
         for state, payload in steps:
+            if state is ConduitState.STATE_1_WAIT_PEERS:
+                client.conduit_key = payload  # set first: the wait may be abandoned
             result = await self._exchange(
                 client.organization_id, client.invitation.token, None, state, payload
             )
             if isinstance(result, ConduitBadOutcome):
+                if result is ConduitBadOutcome.INVALID_STATE:
+                    # Reset by someone else (or a step out of order): leaving now must
+                    # not reset the exchange another claimer connection may have started.
+                    client.conduit_key = None
                 return _claimer_bad_outcome(result)
         assert isinstance(result, bytes)
         return result

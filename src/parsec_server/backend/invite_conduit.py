@@ -4,6 +4,9 @@ Greeter and claimer each deposit their payload for a step and get the peer's one
 The state machine is written here once, as pure functions over the conduit's slots; each
 storage runs them under its own lock (a row lock in PostgreSQL) and publishes a
 "conduit updated" event whenever the slots changed, which wakes the waiting side.
+A side whose connection closes takes its step-1 key back (`withdraw`), and a claimer that
+leaves after step 1 resets the exchange (`claimer_left`), so that nobody pairs with a key
+whose holder is gone (docs/deviations.md).
 """
 
 from __future__ import annotations
@@ -102,6 +105,40 @@ def listen(
     # The peer arrived first: it moves the conduit on, then we return what it gave.
     if slots.state is next_state(state) and ours is None:
         return None, Listened(peer_at_talk)
+    if (
+        state is ConduitState.STATE_1_WAIT_PEERS
+        and slots.state is state
+        and ours == payload
+        and peers != peer_at_talk
+    ):
+        # The peer we found has left (its key was withdrawn) or another one took its
+        # place: we wait for (or pair with) the new one, as if we had arrived first.
+        return listen(slots, is_greeter, state, payload, None)
     if slots.state is not state or ours != payload or peers != peer_at_talk:
         return None, ConduitBadOutcome.INVALID_STATE
     return None, Listened(None)
+
+
+def withdraw(
+    slots: ConduitSlots, is_greeter: bool, state: ConduitState, payload: bytes
+) -> tuple[ConduitSlots | None, None]:
+    """Our wait for `state` was abandoned (connection closed): at step 1, take our key back
+    if it is still there, so that no peer arriving later pairs with a key nobody holds."""
+    if (
+        state is ConduitState.STATE_1_WAIT_PEERS
+        and slots.state is state
+        and slots.ours(is_greeter) == payload
+    ):
+        return slots.with_ours(is_greeter, None), None
+    return None, None
+
+
+def claimer_left(slots: ConduitSlots, claimer_key: bytes) -> tuple[ConduitSlots | None, None]:
+    """A claimer connection that took part in the rendezvous (deposited `claimer_key` at
+    step 1) has closed. At step 1 its key is withdrawn (a greeter waiting there keeps
+    waiting, for the next claimer). Past step 1 the exchange cannot go on without it: the
+    conduit is reset, as a reconnecting claimer's step 1 would do, and the greeter blocked
+    in a later step gets `invalid_state` ("peer reset") at once."""
+    if slots.state is ConduitState.STATE_1_WAIT_PEERS:
+        return withdraw(slots, False, ConduitState.STATE_1_WAIT_PEERS, claimer_key)
+    return EMPTY_CONDUIT, None

@@ -26,7 +26,6 @@ logger = structlog.get_logger("parsec.email")
 
 DOWNLOAD_URL = "https://parsec.cloud/get-parsec"
 DOCUMENTATION_URL = "https://docs.parsec.cloud"
-SMTP_TIMEOUT_SECONDS = 30.0
 
 
 def invitation_url(config: BackendConfig, organization_id: str, invitation: Invitation) -> str:
@@ -172,19 +171,30 @@ You can find the message at: {f.name}""",
 
 async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: str) -> None:
     try:
-        await aiosmtplib.send(
-            message,
-            # The envelope names the single recipient (the `To` header is not parsed:
-            # a claimer email is any string, "a@x, b@y" included).
-            sender=config.sender,
-            recipients=[recipient],
-            hostname=config.host,
-            port=config.port,
-            username=config.host_user if config.host_password else None,
-            password=config.host_password if config.host_user else None,
-            use_tls=config.use_ssl,
-            start_tls=config.use_tls and not config.use_ssl,
-            timeout=SMTP_TIMEOUT_SECONDS,
+        # aiosmtplib's own timeout bounds each network operation; ours bounds the whole
+        # delivery (a server answering a line at a time cannot stretch it).
+        async with asyncio.timeout(config.timeout):
+            await aiosmtplib.send(
+                message,
+                # The envelope names the single recipient (the `To` header is not parsed:
+                # a claimer email is any string, "a@x, b@y" included).
+                sender=config.sender,
+                recipients=[recipient],
+                hostname=config.host,
+                port=config.port,
+                username=config.host_user if config.host_password else None,
+                password=config.host_password if config.host_user else None,
+                use_tls=config.use_ssl,
+                start_tls=config.use_tls and not config.use_ssl,
+                timeout=config.timeout,
+            )
+    except TimeoutError:
+        logger.warning(
+            "invitation e-mail not sent",
+            to=recipient,
+            smtp_host=config.host,
+            smtp_port=config.port,
+            error=f"no answer in {config.timeout:g} s",
         )
     except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
         # ValueError: an address aiosmtplib refuses to send (e.g. non-encodable).

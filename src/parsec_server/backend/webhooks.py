@@ -1,13 +1,18 @@
-"""The bootstrap webhook: a JSON POST after each organization bootstrap."""
+"""The bootstrap webhook: a JSON POST after each organization bootstrap.
+
+As the reference, the bootstrap reply waits for the call; unlike it, the whole call
+(connection, request, answer) is bounded by one timeout (`organization_bootstrap_webhook_
+timeout`, 30 s by default), so a webhook server that accepts and never answers, or answers
+a byte at a time, cannot hold the reply longer than that.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 
+import aiohttp
 import structlog
 
 from parsec_server.backend.user_types import Device, User
@@ -29,16 +34,17 @@ def bootstrap_payload(organization_id: str, user: User, device: Device) -> bytes
     return json.dumps(body, sort_keys=True).encode("utf8")
 
 
-def _post(url: str, body: bytes) -> int:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json; charset=utf-8"},
-    )
-    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
-        status: int = response.status
-        return status
+async def _post(url: str, body: bytes) -> int:
+    # One session per call: bootstraps are rare, and nothing stays open between them.
+    # trust_env: HTTP(S)_PROXY / NO_PROXY are honoured, as urllib did for the reference.
+    async with (
+        aiohttp.ClientSession(trust_env=True) as session,
+        session.post(
+            url, data=body, headers={"Content-Type": "application/json; charset=utf-8"}
+        ) as response,
+    ):
+        await response.read()
+        return response.status
 
 
 def redacted_url(url: str) -> str:
@@ -54,8 +60,9 @@ def redacted_url(url: str) -> str:
 
 
 class BootstrapWebhook:
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, timeout: float = WEBHOOK_TIMEOUT_SECONDS) -> None:
         self._url = url
+        self._timeout = timeout
 
     async def notify_bootstrap(self, organization_id: str, user: User, device: Device) -> None:
         """Failures are logged, never raised: the bootstrap itself has succeeded."""
@@ -63,9 +70,16 @@ class BootstrapWebhook:
             return
         body = bootstrap_payload(organization_id, user, device)
         try:
-            # urllib blocks: run it in a thread so the event loop keeps serving.
-            status = await asyncio.to_thread(_post, self._url, body)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            async with asyncio.timeout(self._timeout):
+                status = await _post(self._url, body)
+        except TimeoutError:
+            logger.warning(
+                "bootstrap webhook failed",
+                url=redacted_url(self._url),
+                error=f"no answer in {self._timeout:g} s",
+            )
+            return
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             logger.warning("bootstrap webhook failed", url=redacted_url(self._url), error=str(exc))
             return
         if status != 200:

@@ -13,9 +13,10 @@ from parsec_server.api.protocol import ping as ping_proto
 from parsec_server.api.protocol import realm as realm_proto
 from parsec_server.api.protocol import user as user_proto
 from parsec_server.api.protocol import vlob as vlob_proto
+from parsec_server.api.protocol.base import Req
 from parsec_server.backend.apiv1_invite import require_admin_v1_invite
 from parsec_server.backend.app import BackendApp
-from parsec_server.backend.asgi.dispatch import Command, CommandTable
+from parsec_server.backend.asgi.dispatch import Command, CommandTable, Handler
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
     AnonymousClientContext,
@@ -42,6 +43,11 @@ class CommandTables:
             return self._tables["anonymous"]
         assert isinstance(client, AdministrationClientContext)
         return self._tables["administration"]
+
+
+def _step(req_type: type[Req], handler: Handler) -> Command:
+    """A rendezvous step: it waits for the peer, and is abandoned if the connection closes."""
+    return Command(req_type, handler, waits_for_peer=True)
 
 
 def _build(app: BackendApp) -> dict[str, CommandTable]:
@@ -95,19 +101,17 @@ def _build(app: BackendApp) -> dict[str, CommandTable]:
         Command(invite_proto.InviteNewReq, inv.api_invite_new),
         Command(invite_proto.InviteDeleteReq, inv.api_invite_delete),
         Command(invite_proto.InviteListReq, inv.api_invite_list),
-        Command(invite_proto.Invite1GreeterWaitPeerReq, inv.api_invite_1_greeter_wait_peer),
-        Command(
+        _step(invite_proto.Invite1GreeterWaitPeerReq, inv.api_invite_1_greeter_wait_peer),
+        _step(
             invite_proto.Invite2aGreeterGetHashedNonceReq,
             inv.api_invite_2a_greeter_get_hashed_nonce,
         ),
-        Command(invite_proto.Invite2bGreeterSendNonceReq, inv.api_invite_2b_greeter_send_nonce),
-        Command(
+        _step(invite_proto.Invite2bGreeterSendNonceReq, inv.api_invite_2b_greeter_send_nonce),
+        _step(
             invite_proto.Invite3aGreeterWaitPeerTrustReq, inv.api_invite_3a_greeter_wait_peer_trust
         ),
-        Command(
-            invite_proto.Invite3bGreeterSignifyTrustReq, inv.api_invite_3b_greeter_signify_trust
-        ),
-        Command(invite_proto.Invite4GreeterCommunicateReq, inv.api_invite_4_greeter_communicate),
+        _step(invite_proto.Invite3bGreeterSignifyTrustReq, inv.api_invite_3b_greeter_signify_trust),
+        _step(invite_proto.Invite4GreeterCommunicateReq, inv.api_invite_4_greeter_communicate),
     ]
     v1inv = app.apiv1_invite
     authenticated_v1 = [
@@ -152,19 +156,17 @@ def _build(app: BackendApp) -> dict[str, CommandTable]:
     invited = [
         ping,
         Command(invite_proto.InviteInfoReq, inv.api_invite_info),
-        Command(invite_proto.Invite1ClaimerWaitPeerReq, inv.api_invite_1_claimer_wait_peer),
-        Command(
+        _step(invite_proto.Invite1ClaimerWaitPeerReq, inv.api_invite_1_claimer_wait_peer),
+        _step(
             invite_proto.Invite2aClaimerSendHashedNonceReq,
             inv.api_invite_2a_claimer_send_hashed_nonce,
         ),
-        Command(invite_proto.Invite2bClaimerSendNonceReq, inv.api_invite_2b_claimer_send_nonce),
-        Command(
-            invite_proto.Invite3aClaimerSignifyTrustReq, inv.api_invite_3a_claimer_signify_trust
-        ),
-        Command(
+        _step(invite_proto.Invite2bClaimerSendNonceReq, inv.api_invite_2b_claimer_send_nonce),
+        _step(invite_proto.Invite3aClaimerSignifyTrustReq, inv.api_invite_3a_claimer_signify_trust),
+        _step(
             invite_proto.Invite3bClaimerWaitPeerTrustReq, inv.api_invite_3b_claimer_wait_peer_trust
         ),
-        Command(invite_proto.Invite4ClaimerCommunicateReq, inv.api_invite_4_claimer_communicate),
+        _step(invite_proto.Invite4ClaimerCommunicateReq, inv.api_invite_4_claimer_communicate),
     ]
     return {
         "authenticated_v2": CommandTable(authenticated_v2),

@@ -1,9 +1,12 @@
 """One websocket connection: handshake, then the command loop.
 
-Requests are processed one at a time, in order. A breathing command (events_listen)
-runs while the socket keeps being read: a new request abandons it without reply.
-A connection can also be closed from outside (its user revoked, its organization
-expired), which abandons whatever it is doing.
+The handshake answer must come within `config.handshake_timeout` seconds, else the
+connection is closed (code 1008). Requests are processed one at a time, in order. A
+breathing command (events_listen) runs while the socket keeps being read: a new request
+abandons it without reply. A command waiting for another client (a rendezvous step) runs
+while the socket is watched: the connection closing abandons it, a new request waits for
+its reply. A connection can also be closed from outside (its user revoked, its
+organization expired), which abandons whatever it is doing.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from parsec_server.backend.asgi.dispatch import (
     InvalidMessageFormat,
 )
 from parsec_server.backend.asgi.handshake import do_handshake
-from parsec_server.backend.asgi.websocket import TEXT_FRAME, AsgiWebSocket, WebSocketClosed
+from parsec_server.backend.asgi.websocket import (
+    TEXT_FRAME,
+    AsgiWebSocket,
+    TextFrame,
+    WebSocketClosed,
+)
 from parsec_server.backend.client_context import (
     CLOSE_CONNECTION,
     AuthenticatedClientContext,
@@ -43,6 +51,10 @@ if TYPE_CHECKING:
 
 logger = structlog.get_logger("parsec.connection")
 _level_check = logging.getLogger("parsec.connection")
+
+# Close code when the handshake answer does not come in time: policy violation (the peer
+# holds a connection without identifying itself).
+HANDSHAKE_TIMEOUT_CLOSE_CODE = 1008
 
 
 class ClientConnection:
@@ -98,8 +110,15 @@ class ClientConnection:
 
     async def _serve(self) -> None:
         challenge = random_challenge()
-        await self._ws.send(challenge_frame(challenge))
-        raw = await self._ws.receive()
+        timeout = self._app.config.handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ws.send(challenge_frame(challenge))
+                raw = await self._ws.receive()
+        except TimeoutError:
+            logger.info("no handshake answer in time, closing connection", timeout=timeout)
+            await self._ws.close(HANDSHAKE_TIMEOUT_CLOSE_CODE)
+            return
         if raw is TEXT_FRAME:
             await self._reply_invalid_format_and_close()
             return
@@ -115,9 +134,9 @@ class ClientConnection:
         await self._command_loop(self._tables.for_client(outcome.client), outcome.client)
 
     async def _command_loop(self, table: CommandTable, client: ClientContext) -> None:
-        next_frame: bytes | None = None
+        next_frame: bytes | TextFrame | None = None
         while True:
-            frame = next_frame if next_frame is not None else await self._receive_binary()
+            frame = await self._receive_binary(next_frame)
             next_frame = None
             if frame is None:
                 return
@@ -134,6 +153,8 @@ class ClientConnection:
                 rep, next_frame = await self._run_breathing(command, client, req)
                 if rep is None:
                     continue
+            elif command.waits_for_peer:
+                rep, next_frame = await self._run_watched(command, client, req)
             else:
                 rep = await self._run(command, client, req)
             if rep is CLOSE_CONNECTION:
@@ -183,8 +204,38 @@ class ClientConnection:
         assert isinstance(new_frame, bytes)
         return None, new_frame
 
-    async def _receive_binary(self) -> bytes | None:
-        raw = await self._ws.receive()
+    async def _run_watched(
+        self, command: Command, client: ClientContext, req: Req
+    ) -> tuple[Rep, bytes | TextFrame | None]:
+        """Run a command waiting for another client while watching the socket: (reply,
+        request received meanwhile or None). The peer leaving abandons the command
+        (WebSocketClosed). A request received meanwhile waits for the reply, as in the
+        reference; the socket is then no longer watched (one request is held at most)."""
+        work = asyncio.ensure_future(self._run(command, client, req))
+        reader = asyncio.ensure_future(self._ws.receive())
+        pending: bytes | TextFrame | None = None
+        try:
+            await asyncio.wait((work, reader), return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                pending = reader.result()  # raises WebSocketClosed if the peer left
+                rep = await work
+            else:
+                rep = work.result()
+                if reader.done() and reader.exception() is None:
+                    pending = reader.result()
+                # (a reader that saw the peer leave has marked the socket closed: the
+                # reply's send ends the connection)
+        finally:
+            for task in (work, reader):
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        return rep, pending
+
+    async def _receive_binary(self, pending: bytes | TextFrame | None = None) -> bytes | None:
+        """The next request frame (`pending` if one was already received), None if the
+        peer sent a text frame (answered, then the connection is closed)."""
+        raw = pending if pending is not None else await self._ws.receive()
         if raw is TEXT_FRAME:
             await self._reply_invalid_format_and_close()
             return None

@@ -39,6 +39,10 @@ class Command:
     precheck: Precheck | None = None
     # Breathing commands wait; a new request on the connection abandons them (no reply).
     breathing: bool = False
+    # Commands that wait for another client (the rendezvous steps): the socket is watched
+    # meanwhile, the connection closing abandons them; a request sent meanwhile is answered
+    # after them, in order (protocol/10-transport.md 5.3).
+    waits_for_peer: bool = False
 
     @property
     def name(self) -> str:

@@ -87,7 +87,7 @@ async def _start_single(
                 raise StartupError("PostgreSQL block store is not available")
             from parsec_server.backend.blockstore.postgresql import PostgreSQLBlockStore
 
-            store = PostgreSQLBlockStore(postgresql_pool)
+            store = PostgreSQLBlockStore(postgresql_pool, timeouts.operation)
         case S3BlockstoreConfig():
             from parsec_server.backend.blockstore.s3 import S3BlockStore
 

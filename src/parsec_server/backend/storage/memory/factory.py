@@ -24,7 +24,9 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 async def memory_components(config: BackendConfig) -> AsyncIterator[StorageComponents]:
     data = MemoryDatamodel()
     event_bus = MemoryEventBus()
-    webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
+    webhook = BootstrapWebhook(
+        config.organization_bootstrap_webhook, config.organization_bootstrap_webhook_timeout
+    )
     organization = MemoryOrganizationComponent(data, event_bus, webhook)
     user = MemoryUserComponent(data, event_bus)
     async with blockstore_factory(config.blockstore, None) as blockstore:

@@ -28,7 +28,9 @@ async def postgresql_components(config: BackendConfig) -> AsyncIterator[StorageC
         postgresql_event_bus(config, pool) as event_bus,
         blockstore_factory(config.blockstore, pool) as blockstore,
     ):
-        webhook = BootstrapWebhook(config.organization_bootstrap_webhook)
+        webhook = BootstrapWebhook(
+            config.organization_bootstrap_webhook, config.organization_bootstrap_webhook_timeout
+        )
         organization = PGOrganizationComponent(pool, event_bus, webhook)
         user = PGUserComponent(pool, event_bus)
         yield StorageComponents(
