@@ -33,8 +33,8 @@ async def test_create_then_read(pool: asyncpg.Pool) -> None:
     organization_id, block_id = f"Org{uuid.uuid4().hex}", uuid.uuid4()
     assert await store.read(organization_id, block_id) is BlockStoreBadOutcome.NOT_FOUND
     assert await store.create(organization_id, block_id, b"data") is None
-    assert await store.create(organization_id, block_id, b"other") is None  # kept as is
-    assert await store.read(organization_id, block_id) == b"data"
+    assert await store.create(organization_id, block_id, b"other") is None  # overwrites
+    assert await store.read(organization_id, block_id) == b"other"
 
 
 async def test_calls_on_a_database_that_does_not_answer_are_unavailable_in_time(
