@@ -213,6 +213,11 @@ class GatedBlockStore(BlockStore):
     async def read(self, organization_id: str, block_id: uuid.UUID) -> bytes | BlockStoreBadOutcome:
         return await self._store.read(organization_id, block_id)
 
+    async def delete(
+        self, organization_id: str, block_id: uuid.UUID
+    ) -> BlockStoreBadOutcome | None:
+        return await self._store.delete(organization_id, block_id)
+
 
 @pytest.fixture
 async def gated_blockstore(
