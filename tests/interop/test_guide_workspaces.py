@@ -11,8 +11,9 @@ per run. Whoever reads data does it from a fresh, empty data folder, so the byte
 have come from our server.
 
 The tests follow one story and share the module's server and organization; run in order:
-create and sync, share, second device, history, live changes, revocation, reencryption,
-restart, then a role removal our server refuses (in a workspace of its own).
+create and sync, share, second device, history, live changes, event listener outage,
+revocation, reencryption, restart, then a role removal our server refuses (in a workspace
+of its own).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
+from parsec_server.backend.storage.postgresql.event_bus import LISTENER_APPLICATION_NAME
+from tests.fixtures.postgresql import run_async
 from tests.interop.conftest import (
     PASSWORD,
     RESULT_PREFIX,
@@ -747,6 +752,70 @@ def test_running_client_sees_the_remote_change_without_restarting(story: Story) 
     finally:
         watcher.kill()
     story.expected["/live.txt"] = summary(changed)
+
+
+# --- 5b. Events sent while the server's event listener is down are not lost -------------
+
+
+def _on_admin_database(postgresql_url: str, *queries: tuple[Any, ...]) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(postgresql_url)
+        try:
+            return [await conn.fetch(query, *args) for query, *args in queries]
+        finally:
+            await conn.close()
+
+    return run_async(run())
+
+
+def test_change_made_while_the_event_listener_is_down_is_seen_once_it_is_back(
+    story: Story, guide_server: GuideServer, postgresql_url: str
+) -> None:
+    story.require("share")
+    database = urlsplit(guide_server.database_url).path.lstrip("/")
+    initial, changed = b"before the outage\n", b"written while nobody listened\n"
+    story.run("write", story.alice, path="/outage.txt", contents=[initial.decode()])
+    watcher = story.start(
+        "watch",
+        story.bob,
+        path="/outage.txt",
+        expected_sha256=sha256(changed),
+        timeout=WATCH_TIMEOUT,
+    )
+    try:
+        assert watcher.wait(READY_PREFIX, SCRIPT_TIMEOUT)["sha256"] == sha256(initial)
+        # The server's listening connection is killed, and may not come back for now
+        # (the connections of its pool stay).
+        _, [killed] = _on_admin_database(
+            postgresql_url,
+            (f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false',),
+            (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND application_name = $2",
+                database,
+                LISTENER_APPLICATION_NAME,
+            ),
+        )
+        assert killed["pg_terminate_backend"] is True
+        try:
+            story.run("write", story.alice, path="/outage.txt", contents=[changed.decode()])
+            # No event reached Bob: he does not see the change.
+            assert wait_line(watcher.lines, RESULT_PREFIX, 2.0) is None, watcher.printed
+        finally:
+            _on_admin_database(
+                postgresql_url, (f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true',)
+            )
+        back = time.monotonic()
+
+        # The listener is back: Bob's event connection is closed, his client reconnects and
+        # synchronizes.
+        outcome = watcher.wait(RESULT_PREFIX, WATCH_TIMEOUT + 15)
+        assert outcome["sha256"] == sha256(changed), watcher.printed
+        assert time.monotonic() - back < 15, watcher.printed
+        assert watcher.finish() == 0, watcher.printed
+    finally:
+        watcher.kill()
+    story.expected["/outage.txt"] = summary(changed)
 
 
 # --- 6. Revocation ------------------------------------------------------------------------

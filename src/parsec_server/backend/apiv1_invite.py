@@ -20,8 +20,10 @@ from parsec_server.api.ids import UserProfile
 from parsec_server.api.protocol import apiv1_invite as proto
 from parsec_server.api.protocol.base import OK, Rep, error, ok
 from parsec_server.backend.client_context import (
+    CLOSE_EVENTS_MISSED,
     AnonymousClientContext,
     AuthenticatedClientContext,
+    CloseConnection,
 )
 from parsec_server.backend.events import (
     APIV1InvitationCancelledEvent,
@@ -29,6 +31,7 @@ from parsec_server.backend.events import (
     DeviceCreatedEvent,
     Event,
     EventBus,
+    EventsMissed,
     EventWaiters,
     UserCreatedEvent,
 )
@@ -146,6 +149,9 @@ class BaseAPIV1InviteComponent(ABC):
                     event = await future
             except TimeoutError:
                 return error("timeout", timeout_reason)
+            except EventsMissed:
+                # The claim may have been missed: the inviter starts again.
+                raise CloseConnection(CLOSE_EVENTS_MISSED) from None
         assert isinstance(event, APIV1InvitationClaimedEvent)
         return ok(encrypted_claim=event.encrypted_claim)
 
@@ -194,6 +200,9 @@ class BaseAPIV1InviteComponent(ABC):
                     event = await future
             except TimeoutError:
                 return error("timeout", TIMEOUT_CREATOR)
+            except EventsMissed:
+                # The answer may have been missed: the claimer starts again.
+                raise CloseConnection(CLOSE_EVENTS_MISSED) from None
         match event:
             case UserCreatedEvent():
                 return ok(

@@ -42,6 +42,7 @@ class BackendApp:
 
     def __post_init__(self) -> None:
         self.event_bus.connect(self.connections.dispatch)
+        self.event_bus.connect_events_missed(self.connections.on_events_missed)
 
     async def on_client_connected(self, client: ClientContext) -> None:
         if isinstance(client, InvitedClientContext):

@@ -89,3 +89,20 @@ class HandshakeRefusal:
 # A handler's answer meaning: close the connection without replying (what a claimer gets
 # when its invitation is deleted under it). Compared by identity.
 CLOSE_CONNECTION: Rep = {"status": "__close__"}
+
+# Websocket close codes of the connections closed because they could miss events (see
+# docs/events.md). Any close makes the 2.0.0 client reconnect and synchronize again.
+# 1012 "Service Restart": this process may have missed events (its event listening
+# connection to the database was lost).
+CLOSE_EVENTS_MISSED = 1012
+# 1013 "Try Again Later": the connection's queue of undelivered events is full (the client
+# does not read its events fast enough).
+CLOSE_EVENTS_OVERFLOW = 1013
+
+
+class CloseConnection(Exception):
+    """Raised by a handler: the connection is closed with `code`, without reply."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code

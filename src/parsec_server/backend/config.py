@@ -101,6 +101,9 @@ class BackendConfig:
     db_max_connections: int = 7
     db_first_tries_number: int = 1  # 0: try forever
     db_first_tries_sleep: float = 1.0
+    # PostgreSQL: the event listening connection is checked every this many seconds, and
+    # lost when a check takes as long (a silent loss is noticed within twice this delay).
+    events_check_interval: float = 5.0
     spontaneous_organization_bootstrap: bool = False
     organization_bootstrap_webhook: str | None = None
     # Seconds for the whole webhook call (connection, request, answer).

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Set
+from collections.abc import Awaitable, Callable, Set
 from typing import Protocol, TypeVar
 
+import structlog
+
 from parsec_server.backend.client_context import (
+    CLOSE_EVENTS_MISSED,
     AuthenticatedClientContext,
     ClientContext,
     InvitedClientContext,
@@ -35,6 +38,13 @@ class ClientConnection(Protocol):
 
     def on_event(self, event: Event) -> None: ...
 
+    def request_close(self, code: int) -> None:
+        """Close the connection with this websocket close code, abandoning whatever it
+        is doing (it unregisters itself once closed)."""
+        ...
+
+
+logger = structlog.get_logger("parsec.events")
 
 K = TypeVar("K")
 
@@ -90,12 +100,37 @@ class ConnectionRegistry:
             key = (client.organization_id, client.invitation.token)
             _remove(self._by_invitation, key, conn)
 
-    def subscribe(self, client: AuthenticatedClientContext, realms: set[uuid.UUID]) -> None:
+    async def subscribe(
+        self,
+        client: AuthenticatedClientContext,
+        read_realms: Callable[[], Awaitable[set[uuid.UUID]]],
+    ) -> None:
+        """Subscribe the connection to its events, `read_realms()` giving the realms where
+        its user has a role. The subscription starts before the read: the role changes
+        seen during the read are applied on top of its result, so none is missed."""
         conn = self._by_client.get(id(client))
-        if conn is None or client.events.subscribed:
+        events = client.events
+        if conn is None or events.subscribed:
             return
-        client.events.subscribe(realms)
+        events.subscribed = True
+        events.role_changes = {}
         _add(self._subscribed_by_organization, client.organization_id, conn)
+        try:
+            realms = await read_realms()
+        except BaseException:
+            events.subscribed = False
+            events.role_changes = None
+            _remove(self._subscribed_by_organization, client.organization_id, conn)
+            raise
+        changes, events.role_changes = events.role_changes, None
+        # A change seen during the read may or may not be in what was read: either way it
+        # is the most recent one known, as when following role changes afterwards.
+        for realm_id, has_role in changes.items():
+            if has_role:
+                realms.add(realm_id)
+            else:
+                realms.discard(realm_id)
+        events.realms = realms
         for realm_id in realms:
             _add(self._subscribed_by_realm, (client.organization_id, realm_id), conn)
 
@@ -103,15 +138,30 @@ class ConnectionRegistry:
         for conn in list(self._by_user.get((event.organization_id, event.user_id), ())):
             client = conn.client
             assert isinstance(client, AuthenticatedClientContext)
-            if not client.events.subscribed:
+            events = client.events
+            if events.role_changes is not None:  # subscribing: reading the realms
+                events.role_changes[event.realm_id] = event.role is not None
+                continue
+            if not events.subscribed:
                 continue
             key = (event.organization_id, event.realm_id)
             if event.role is None:
-                client.events.realms.discard(event.realm_id)
+                events.realms.discard(event.realm_id)
                 _remove(self._subscribed_by_realm, key, conn)
             else:
-                client.events.realms.add(event.realm_id)
+                events.realms.add(event.realm_id)
                 _add(self._subscribed_by_realm, key, conn)
+
+    def on_events_missed(self) -> None:
+        """Events may have been missed: close every connection subscribed to events (the
+        client reconnects, subscribes again and synchronizes, seeing what it missed)."""
+        subscribed = [conn for conns in self._subscribed_by_organization.values() for conn in conns]
+        if subscribed:
+            logger.warning(
+                "closing the connections subscribed to events", connections=len(subscribed)
+            )
+        for conn in subscribed:
+            conn.request_close(CLOSE_EVENTS_MISSED)
 
     def _recipients(self, event: Event) -> Set[ClientConnection]:
         org = event.organization_id
@@ -144,6 +194,9 @@ class ConnectionRegistry:
     def dispatch(self, event: Event) -> None:
         for conn in list(self._recipients(event)):
             conn.on_event(event)
+
+    def of_user(self, organization_id: str, user_id: str) -> Set[ClientConnection]:
+        return self._by_user.get((organization_id, user_id), _NOBODY)
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._by_organization.values())

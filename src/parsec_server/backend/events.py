@@ -4,6 +4,11 @@ An event is published after the change it describes is committed. Each server pr
 receives every event of the cluster (in PostgreSQL mode through LISTEN/NOTIFY, see
 storage/postgresql/event_bus.py) and routes it to its own connections, which decide
 whether it concerns them.
+
+When a process may have missed events (its PostgreSQL listening connection was lost), the
+bus says so to its "events missed" listeners instead: whoever relies on events then
+recovers (connections listening to events are closed, waits re-check the storage), see
+docs/events.md.
 """
 
 from __future__ import annotations
@@ -134,6 +139,11 @@ def event_from_json(raw: str | bytes) -> Event:
 
 
 EventListener = Callable[[Event], None]
+EventsMissedListener = Callable[[], None]
+
+
+class EventsMissed(Exception):
+    """What a wait for an event gets when this process may have missed that event."""
 
 
 class EventBus(ABC):
@@ -141,9 +151,23 @@ class EventBus(ABC):
 
     def __init__(self) -> None:
         self._listeners: list[EventListener] = []
+        self._missed_listeners: list[EventsMissedListener] = []
 
     def connect(self, listener: EventListener) -> None:
         self._listeners.append(listener)
+
+    def connect_events_missed(self, listener: EventsMissedListener) -> None:
+        """`listener` is called (synchronously) whenever events may have been missed by
+        this process; events received afterwards are dispatched as usual."""
+        self._missed_listeners.append(listener)
+
+    def notify_events_missed(self, reason: str) -> None:
+        logger.warning("events may have been missed", reason=reason)
+        for listener in self._missed_listeners:
+            try:
+                listener()
+            except Exception:
+                logger.exception("events missed listener failed")
 
     def _dispatch(self, event: Event) -> None:
         for listener in self._listeners:
@@ -164,11 +188,18 @@ class EventWaiters:
     def __init__(self, event_bus: EventBus) -> None:
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
         event_bus.connect(self._on_event)
+        event_bus.connect_events_missed(self._on_events_missed)
 
     def _on_event(self, event: Event) -> None:
         for predicate, future in self._waiters:
             if not future.done() and predicate(event):
                 future.set_result(event)
+
+    def _on_events_missed(self) -> None:
+        # The awaited event may be among the missed ones: the waits fail with EventsMissed.
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(EventsMissed())
 
     @contextlib.contextmanager
     def expect(self, predicate: Callable[[Event], bool]) -> Iterator[asyncio.Future[Event]]:
@@ -179,6 +210,8 @@ class EventWaiters:
             yield future
         finally:
             self._waiters.remove(entry)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: no "never retrieved" log if not awaited
             future.cancel()
 
 

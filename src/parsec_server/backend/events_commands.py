@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from parsec_server.api.protocol.base import OK, Rep
 from parsec_server.api.protocol.events import EventsListenReq, EventsSubscribeReq
@@ -25,8 +26,9 @@ class EventsComponent:
         self, client: AuthenticatedClientContext, req: EventsSubscribeReq
     ) -> Rep:
         if not client.events.subscribed:
-            realms = await self._realms_of_user(client.organization_id, client.user_id)
-            self._registry.subscribe(client, realms)
+            await self._registry.subscribe(
+                client, partial(self._realms_of_user, client.organization_id, client.user_id)
+            )
         return OK
 
     async def api_events_listen(

@@ -95,6 +95,7 @@ class BaseInviteComponent(ABC):
         # Tokens with a claimer connected, as told by the status events of the cluster.
         self._ready: set[tuple[str, uuid.UUID]] = set()
         event_bus.connect(self._on_event)
+        event_bus.connect_events_missed(self._on_events_missed)
 
     # Storage
 
@@ -153,6 +154,13 @@ class BaseInviteComponent(ABC):
                 self._ready.add(key)
             else:
                 self._ready.discard(key)
+
+    def _on_events_missed(self) -> None:
+        # A conduit update may have been missed: every waiting step reads its conduit again
+        # (a step that finds nothing new goes on waiting).
+        for waiters in self._conduit_waiters.values():
+            for waiter in waiters:
+                waiter.set()
 
     def closes_invited_connection(self, client: InvitedClientContext, event: Event) -> bool:
         return (

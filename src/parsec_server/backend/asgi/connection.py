@@ -37,8 +37,10 @@ from parsec_server.backend.asgi.websocket import (
 )
 from parsec_server.backend.client_context import (
     CLOSE_CONNECTION,
+    CLOSE_EVENTS_OVERFLOW,
     AuthenticatedClientContext,
     ClientContext,
+    CloseConnection,
     InvitedClientContext,
     loggable,
 )
@@ -65,6 +67,7 @@ class ClientConnection:
         self.client: ClientContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._close_requested = False
+        self._close_code = 1000
 
     # Called by the connection registry for every event of the connection's organization.
     def on_event(self, event: Event) -> None:
@@ -75,15 +78,18 @@ class ClientConnection:
             ):
                 self.request_close()
                 return
-            client.events.on_event(client, event)
+            if not client.events.on_event(client, event):
+                logger.warning("event queue full, closing", device_id=client.device_id)
+                self.request_close(CLOSE_EVENTS_OVERFLOW)
         elif isinstance(client, InvitedClientContext) and (
             self._app.invite.closes_invited_connection(client, event)
         ):
             self.request_close()
 
-    def request_close(self) -> None:
+    def request_close(self, code: int = 1000) -> None:
         if self._task is not None and not self._close_requested:
             self._close_requested = True
+            self._close_code = code
             self._task.cancel()
 
     async def serve(self) -> None:
@@ -97,7 +103,9 @@ class ClientConnection:
                 raise
             assert self._task is not None
             self._task.uncancel()
-            await self._ws.close(1000)
+            await self._ws.close(self._close_code)
+        except CloseConnection as exc:
+            await self._ws.close(exc.code)
         except Exception:
             # A bug or an infrastructure failure (database down...): this connection ends,
             # the server goes on serving the others.

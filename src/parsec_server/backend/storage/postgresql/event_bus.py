@@ -1,6 +1,16 @@
 """Events through PostgreSQL LISTEN/NOTIFY: every server process on the database gets
 every event, its own included (local delivery goes through the database too, so the
-order is the same for everyone)."""
+order is the same for everyone).
+
+Each process has one listening connection, checked regularly (a round trip every
+`events_check_interval` seconds, which must answer within as long): a connection lost
+or not answering is replaced, and since events may have been sent meanwhile, the bus
+then tells its "events missed" listeners (docs/events.md).
+
+An event whose JSON is too large for one notification (PostgreSQL refuses payloads of
+8000 bytes or more) is sent as consecutive chunks, `#<index>/<count>#<text>`, by one
+transaction: the notifications of a transaction reach the listeners together, in order.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +29,32 @@ from parsec_server.backend.storage.postgresql.pool import CONNECT_ERRORS, connec
 logger = structlog.get_logger("parsec.events")
 
 CHANNEL = "parsec_events"
+# How the listening connection shows in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "parsec-events-listener"
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD_SIZE = 7999
+CHUNK_SIZE = MAX_PAYLOAD_SIZE - 32  # room for the `#<index>/<count>#` header
+CHUNK_MARK = "#"  # an event's JSON starts with `{`
 _SQL_NOTIFY = "SELECT pg_notify($1, $2)"
+_SQL_CHECK = "SELECT 1"
 RECONNECT_DELAY_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+def split_payload(payload: str, size: int = CHUNK_SIZE) -> list[str]:
+    """The chunk notifications of a payload (pieces of at most `size` UTF-8 bytes, cut
+    between characters)."""
+    data = payload.encode()
+    pieces = []
+    start = 0
+    while start < len(data):
+        end = min(start + size, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # inside a character
+            end -= 1
+        pieces.append(data[start:end].decode())
+        start = end
+    count = len(pieces)
+    return [f"{CHUNK_MARK}{index}/{count}{CHUNK_MARK}{piece}" for index, piece in enumerate(pieces)]
 
 
 class PostgreSQLEventBus(EventBus):
@@ -32,15 +64,34 @@ class PostgreSQLEventBus(EventBus):
         self._pool = pool
         self._listener: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
+        # Chunks of large events being received, by sending backend.
+        self._chunks: dict[int, list[str]] = {}
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The backend process id of the listening connection (None while there is none)."""
+        if self._listener is None:
+            return None
+        pid: int = self._listener.get_server_pid()
+        return pid
 
     async def send(self, event: Event) -> None:
         payload = event_to_json(event)
-        if len(payload.encode("utf8")) > MAX_PAYLOAD_SIZE:
-            logger.warning("event too big to be sent, dropped", event=type(event).__name__)
+        if len(payload) * 4 <= MAX_PAYLOAD_SIZE or len(payload.encode()) <= MAX_PAYLOAD_SIZE:
+            await self._pool.execute(_SQL_NOTIFY, CHANNEL, payload)
             return
-        await self._pool.execute(_SQL_NOTIFY, CHANNEL, payload)
+        chunks = split_payload(payload)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(_SQL_NOTIFY, [(CHANNEL, chunk) for chunk in chunks])
 
     def _on_notification(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if conn is not self._listener:
+            return
+        if payload.startswith(CHUNK_MARK):
+            joined = self._add_chunk(pid, payload)
+            if joined is None:
+                return
+            payload = joined
         try:
             event = event_from_json(payload)
         except ValueError:
@@ -48,22 +99,75 @@ class PostgreSQLEventBus(EventBus):
             return
         self._dispatch(event)
 
+    def _add_chunk(self, pid: int, chunk: str) -> str | None:
+        """The whole payload once its last chunk is there, else None."""
+        header, _, piece = chunk[1:].partition(CHUNK_MARK)
+        index_text, _, count_text = header.partition("/")
+        try:
+            index, count = int(index_text), int(count_text)
+        except ValueError:
+            logger.warning("undecodable event chunk", payload=chunk[:200])
+            return None
+        pieces = self._chunks.get(pid)
+        if index == 0:
+            pieces = self._chunks[pid] = []
+        elif pieces is None or len(pieces) != index:
+            # Cannot happen (a transaction's notifications arrive together, in order).
+            self._chunks.pop(pid, None)
+            self.notify_events_missed("an event arrived incomplete")
+            return None
+        pieces.append(piece)
+        if len(pieces) < count:
+            return None
+        del self._chunks[pid]
+        return "".join(pieces)
+
     def _on_termination(self, conn: Any) -> None:
-        self._lost.set()
+        if conn is self._listener:
+            self._lost.set()
 
     async def _listen(self) -> None:
-        conn = await connect_with_retries(self._config)
-        conn.add_termination_listener(self._on_termination)
-        await conn.add_listener(CHANNEL, self._on_notification)
-        self._listener = conn
+        conn = await connect_with_retries(self._config, LISTENER_APPLICATION_NAME)
+        try:
+            self._listener = conn
+            self._lost.clear()
+            self._chunks.clear()
+            conn.add_termination_listener(self._on_termination)
+            await conn.add_listener(CHANNEL, self._on_notification)
+        except BaseException:
+            self._listener = None
+            conn.terminate()
+            raise
+
+    async def _until_lost(self) -> None:
+        """Return once the listening connection is closed, or does not answer a check
+        within `events_check_interval`."""
+        conn = self._listener
+        if conn is None:
+            return
+        interval = self._config.events_check_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), interval)
+                return
+            try:
+                await asyncio.wait_for(conn.fetchval(_SQL_CHECK), interval)
+            except TimeoutError:
+                logger.error("event listener connection does not answer", seconds=interval)
+                return
+            except Exception as exc:
+                logger.error("event listener connection check failed", error=str(exc))
+                return
 
     async def keep_listening(self) -> None:
-        """Reconnect the listening connection whenever it is lost (events sent while it
-        was down are lost: connections in this process miss them)."""
+        """Replace the listening connection whenever it is lost; then say that events
+        may have been missed (those sent while no connection was listening)."""
         while True:
-            await self._lost.wait()
-            self._lost.clear()
+            await self._until_lost()
             logger.error("event listener connection lost, reconnecting")
+            lost, self._listener = self._listener, None
+            if lost is not None:
+                lost.terminate()
             while True:
                 try:
                     await self._listen()
@@ -71,11 +175,14 @@ class PostgreSQLEventBus(EventBus):
                 except Exception as exc:  # StartupError or connection errors
                     logger.warning("event listener reconnection failed", error=str(exc))
                     await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+            logger.info("event listener connection back")
+            self.notify_events_missed("the event listener connection was lost")
 
     async def close(self) -> None:
-        if self._listener is not None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
             with contextlib.suppress(*CONNECT_ERRORS):
-                await self._listener.close()
+                await conn.close(timeout=CLOSE_TIMEOUT_SECONDS)
 
 
 @contextlib.asynccontextmanager

@@ -17,13 +17,18 @@ logger = structlog.get_logger("parsec.postgresql")
 CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 
-async def connect_with_retries(config: BackendConfig) -> asyncpg.Connection:
+async def connect_with_retries(
+    config: BackendConfig, application_name: str | None = None
+) -> asyncpg.Connection:
     """One connection, trying `db_first_tries_number` times (0: forever)."""
+    settings = {} if application_name is None else {"application_name": application_name}
     attempt = 0
     while True:
         attempt += 1
         try:
-            return await asyncpg.connect(config.db_url, timeout=30)
+            return await asyncpg.connect(
+                config.db_url, timeout=30, server_settings=settings or None
+            )
         except CONNECT_ERRORS as exc:
             if config.db_first_tries_number and attempt >= config.db_first_tries_number:
                 raise StartupError(f"Cannot connect to the database: {exc}") from exc
