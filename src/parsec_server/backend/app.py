@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parsec_server.api.protocol import apiv1_invite as apiv1_proto
 from parsec_server.api.protocol import block as block_proto
@@ -56,10 +56,14 @@ class BackendApp:
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
+    # Handshake type ("authenticated_v2", "authenticated_v1", "invited", "anonymous",
+    # "administration") -> the commands its connections may run.
+    commands: dict[str, list[Command]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.event_bus.connect(self.connections.dispatch)
-        self._tables = _build_command_tables(self)
+        self.commands = _build_commands(self)
+        self._tables = {kind: CommandTable(cmds) for kind, cmds in self.commands.items()}
 
     def command_table_for(self, client: ClientContext) -> CommandTable:
         if isinstance(client, AuthenticatedClientContext):
@@ -80,7 +84,7 @@ class BackendApp:
             await self.invite.on_claimer_disconnected(client)
 
 
-def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
+def _build_commands(app: BackendApp) -> dict[str, list[Command]]:
     ping = Command(ping_proto.PingReq, app.ping.api_ping)
     shared_authenticated = [
         ping,
@@ -203,11 +207,11 @@ def _build_command_tables(app: BackendApp) -> dict[str, CommandTable]:
         Command(invite_proto.Invite4ClaimerCommunicateReq, inv.api_invite_4_claimer_communicate),
     ]
     return {
-        "authenticated_v2": CommandTable(authenticated_v2),
-        "authenticated_v1": CommandTable(authenticated_v1),
-        "invited": CommandTable(invited),
-        "anonymous": CommandTable(anonymous),
-        "administration": CommandTable(administration),
+        "authenticated_v2": authenticated_v2,
+        "authenticated_v1": authenticated_v1,
+        "invited": invited,
+        "anonymous": anonymous,
+        "administration": administration,
     }
 
 
