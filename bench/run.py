@@ -194,8 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--client-processes must be >= 1")
     if "reference" in args.servers and not REFERENCE_PARSEC.exists():
         parser.error(
-            f"{REFERENCE_PARSEC} not found: run scripts/reference-parsec "
-            "or pass --servers ours"
+            f"{REFERENCE_PARSEC} not found: run scripts/reference-parsec or pass --servers ours"
         )
     return args
 

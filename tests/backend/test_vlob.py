@@ -5,7 +5,6 @@ the isolation of organizations."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +40,8 @@ from tests.backend.realm_helpers import (
     vlob_update,
     vlobs_updated,
 )
-from tests.fixtures.servers import Organization, RunningServer, create_org
 from tests.fixtures import VECTORS_DIR
+from tests.fixtures.servers import Organization, RunningServer, create_org
 
 BALLPARK = 1800.0
 WRITE_ROLES = [RealmRole.OWNER, RealmRole.MANAGER, RealmRole.CONTRIBUTOR]

@@ -8,7 +8,6 @@ import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,8 +44,8 @@ from parsec_server.client.invite_crypto import (
     sas_code_from_int,
     shared_secret_key,
 )
-from tests.fixtures.servers import Organization, RunningServer
 from tests.fixtures import VECTORS_DIR
+from tests.fixtures.servers import Organization, RunningServer
 
 VECTORS = VECTORS_DIR / "data.json"
 TIMEOUT = 20
