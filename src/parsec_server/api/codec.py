@@ -51,9 +51,13 @@ class DateTime:
         if not _MIN_TIMESTAMP <= ts < _END_TIMESTAMP:
             raise ValueError(f"Timestamp {ts!r} is out of the years 1 to 9999")
         try:
-            return cls(datetime.fromtimestamp(ts, UTC))
+            dt = datetime.fromtimestamp(ts, UTC)
         except (OverflowError, OSError) as exc:  # rounding to the microsecond at the ends
             raise ValueError(f"Timestamp {ts!r} is out of the years 1 to 9999") from exc
+        # Already aware and in UTC: skip `__init__`'s conversion (decoding's hot path).
+        instant = cls.__new__(cls)
+        instant._dt = dt
+        return instant
 
     @property
     def dt(self) -> datetime:
