@@ -3,11 +3,16 @@ their API 1 `authenticated` variants."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import msgspec
 import pytest
 from nacl.signing import SigningKey
+from websockets.asyncio.client import ClientConnection
 
 from parsec_server.api import codec
 from parsec_server.api.certificates import (
@@ -17,8 +22,10 @@ from parsec_server.api.certificates import (
     sign_certificate,
     unsecure_load,
 )
-from parsec_server.api.handshake import API_V1
-from parsec_server.api.ids import UserProfile
+from parsec_server.api.codec import ID
+from parsec_server.api.handshake import API_V1, API_V2, InvitedAnswer, build_answer
+from parsec_server.api.ids import InvitationType, UserProfile
+from parsec_server.backend.config import MockedEmailConfig
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.organization import bootstrap_organization, create_organization
 from parsec_server.client.user import create_device
@@ -34,12 +41,18 @@ from tests.backend.common import (
     now,
     revocation,
     revoke,
+    send_cmd,
 )
+from tests.fixtures.raw import raw_connect, recv_map
 from tests.fixtures.servers import (
     ADMINISTRATION_TOKEN,
     Organization,
     RunningServer,
+    ServerFactory,
+    create_org,
+    make_config,
     new_organization_id,
+    running_server,
 )
 
 FORGED = {
@@ -392,6 +405,97 @@ async def test_user_create_reuses_the_email_of_a_revoked_user(org: Organization)
         await revoke(conn, org.alice, "bob")
         new = carol(org, human_handle=("bob@example.com", "Bob again"))
         assert await conn.cmd("user_create", **new.request()) == {"status": "ok"}
+
+
+async def test_each_user_of_a_reused_email_keeps_its_own_label(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """In the connection's context, human_find, invite_info and the invitation e-mails."""
+    mails = MockedEmailConfig(sender="no-reply@parsec.test", tmpdir=tmp_path)
+    async with server_factory(email=mails) as server:
+        org = await create_org(server)
+        address = "bob@example.com"
+        async with await org.alice.connect() as conn:
+            await revoke(conn, org.alice, "bob")
+            bob2, _ = await create_user_by(
+                conn,
+                org.alice,
+                "bob2",
+                human_handle=(address, "Bob Two"),
+                profile=UserProfile.ADMIN,
+            )
+        identity = await server.app.user.get_identity(org.organization_id, bob2.device_id)
+        assert identity is not None and identity[1].human_handle == (address, "Bob Two")
+        async with await bob2.connect() as conn:
+            rep = await conn.cmd(
+                "invite_new", type="USER", claimer_email="zack@example.com", send_email=True
+            )
+            assert rep["status"] == "ok"
+            token = rep["token"]
+        [mail] = list(tmp_path.glob("tmp-email-*.html"))  # noqa: ASYNC240
+        message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+        assert message["Subject"] == f"[Parsec] Bob Two invited you to {org.organization_id}"
+        async with await org.alice.connect() as conn:
+            await revoke(conn, org.alice, "bob2")
+            await create_user_by(conn, org.alice, "bob3", human_handle=(address, "Bob Three"))
+        claimer = await invited_ws(server, org.organization_id, token)
+        rep = await send_cmd(claimer, "invite_info")
+        assert rep["greeter_user_id"] == "bob2"
+        assert rep["greeter_human_handle"] == [address, "Bob Two"]
+        await claimer.close()
+        assert await human_find(org.alice, query="bob") == {
+            "status": "ok",
+            "results": [
+                human("bob", (address, "Bob"), revoked=True),
+                human("bob3", (address, "Bob Three")),
+                human("bob2", (address, "Bob Two"), revoked=True),
+            ],
+            "page": 1,
+            "per_page": 100,
+            "total": 3,
+        }
+
+
+async def test_postgresql_labels_of_a_reused_email_come_from_the_certificates(
+    migrated_postgresql_url: str,
+) -> None:
+    """Also on a database whose shared human row kept the first label (as written before
+    the row took the latest user's label)."""
+    async with running_server(make_config(migrated_postgresql_url)) as server:
+        org = await create_org(server)
+        address = "bob@example.com"
+        async with await org.alice.connect() as conn:
+            await revoke(conn, org.alice, "bob")
+            bob2, _ = await create_user_by(
+                conn, org.alice, "bob2", human_handle=(address, "Bob Two")
+            )
+        db = await asyncpg.connect(migrated_postgresql_url)
+        try:
+            await db.execute(
+                "UPDATE human SET label = 'Bob' WHERE email = $2 AND organization = "
+                "(SELECT _id FROM organization WHERE organization_id = $1)",
+                org.organization_id,
+                address,
+            )
+        finally:
+            await db.close()
+        identity = await server.app.user.get_identity(org.organization_id, bob2.device_id)
+        assert identity is not None and identity[1].human_handle == (address, "Bob Two")
+        assert (await human_find(org.alice, query="bob"))["results"] == [
+            human("bob", (address, "Bob"), revoked=True),
+            human("bob2", (address, "Bob Two")),
+        ]
+
+
+async def invited_ws(server: RunningServer, organization_id: str, token: ID) -> ClientConnection:
+    ws = await raw_connect(server.addr)
+    await ws.recv()  # the challenge
+    answer = InvitedAnswer(
+        organization_id=organization_id, invitation_type=InvitationType.USER, token=token
+    )
+    await ws.send(build_answer(API_V2, answer))
+    assert await recv_map(ws) == {"handshake": "result", "result": "ok"}
+    return ws
 
 
 async def test_user_create_allows_several_users_without_human_handle(org: Organization) -> None:

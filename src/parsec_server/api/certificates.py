@@ -21,6 +21,7 @@ from parsec_server.api.ids import (
     HumanHandle,
     PublicKeyBytes,
     RealmRole,
+    Text,
     UserID,
     UserProfile,
     VerifyKeyBytes,
@@ -68,7 +69,7 @@ class UserCertificate(_Certificate, frozen=True, tag="user_certificate"):
 class DeviceCertificate(_Certificate, frozen=True, tag="device_certificate"):
     device_id: DeviceID
     verify_key: VerifyKeyBytes
-    device_label: str | None = None
+    device_label: Text | None = None
 
 
 class RevokedUserCertificate(_Certificate, frozen=True, tag="revoked_user_certificate"):

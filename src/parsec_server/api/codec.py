@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 import msgspec
 
 _FLOAT64 = struct.Struct(">d")
+# The instants a timestamp may hold: the years 1 to 9999, UTC (docs/protocol-limits.md).
+_MIN_TIMESTAMP = -62135596800.0  # 0001-01-01T00:00:00Z
+_END_TIMESTAMP = 253402300800.0  # 10000-01-01T00:00:00Z, excluded
 _EXT_DATETIME = 1
 _EXT_UUID = 2
 
@@ -42,7 +45,19 @@ class DateTime:
 
     @classmethod
     def from_timestamp(cls, ts: float) -> DateTime:
-        return cls(datetime.fromtimestamp(ts, UTC))
+        """Raise ValueError unless `ts` is an instant of the years 1 to 9999 (UTC): what
+        `datetime` and the reference accept, and PostgreSQL's `timestamptz` holds."""
+        # NaN fails both comparisons.
+        if not _MIN_TIMESTAMP <= ts < _END_TIMESTAMP:
+            raise ValueError(f"Timestamp {ts!r} is out of the years 1 to 9999")
+        try:
+            dt = datetime.fromtimestamp(ts, UTC)
+        except (OverflowError, OSError) as exc:  # rounding to the microsecond at the ends
+            raise ValueError(f"Timestamp {ts!r} is out of the years 1 to 9999") from exc
+        # Already aware and in UTC: skip `__init__`'s conversion (decoding's hot path).
+        instant = cls.__new__(cls)
+        instant._dt = dt
+        return instant
 
     @property
     def dt(self) -> datetime:

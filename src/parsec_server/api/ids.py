@@ -2,6 +2,10 @@
 
 The reference's regexes end with `$`, which also matches before a trailing newline; we
 anchor with `\\Z` and so refuse such ids (no client produces them).
+
+Every field is checked while msgspec decodes it (docs/protocol-limits.md): free text is
+`Text` (no NUL character, which PostgreSQL cannot store), integers carry the range of
+their storage column.
 """
 
 from __future__ import annotations
@@ -15,13 +19,22 @@ import msgspec
 
 _NAME = r"[\w\-]{1,32}"
 
+# Any text without a NUL character (`\w` of the identifiers already excludes it).
+Text = Annotated[str, msgspec.Meta(pattern=r"\A[^\x00]*\Z")]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Compared with, or stored as, a PostgreSQL INTEGER. Revisions start at 1, but the
+# reference answers `bad_encryption_revision` to any other value it can look up.
+EncryptionRevision = Annotated[int, msgspec.Meta(ge=INT32_MIN, le=INT32_MAX)]
+
 OrganizationID = Annotated[str, msgspec.Meta(pattern=rf"^{_NAME}\Z")]
 UserID = Annotated[str, msgspec.Meta(pattern=rf"^{_NAME}\Z")]
 DeviceName = Annotated[str, msgspec.Meta(pattern=rf"^{_NAME}\Z")]
 DeviceID = Annotated[str, msgspec.Meta(pattern=rf"^{_NAME}@{_NAME}\Z")]
 PublicKeyBytes = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 VerifyKeyBytes = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-HumanHandle = tuple[str, str]  # (email, label); checked by `check_human_handle`
+HumanHandle = tuple[Text, Text]  # (email, label); checked by `check_human_handle`
 
 
 _NAME_RE = re.compile(_NAME)

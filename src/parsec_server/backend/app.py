@@ -39,6 +39,8 @@ class BackendApp:
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
+    # Handshake type ("authenticated_v2", "authenticated_v1", "invited", "anonymous",
+    # "administration") -> the commands its connections may run.
 
     def __post_init__(self) -> None:
         self.event_bus.connect(self.connections.dispatch)

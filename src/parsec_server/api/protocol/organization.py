@@ -3,7 +3,7 @@ from __future__ import annotations
 from msgspec import UNSET, UnsetType
 
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import OrganizationID, VerifyKeyBytes
+from parsec_server.api.ids import OrganizationID, Text, VerifyKeyBytes
 from parsec_server.api.protocol.base import Req
 
 
@@ -26,7 +26,7 @@ class OrganizationUpdateReq(Req, frozen=True, tag="organization_update"):
 
 
 class OrganizationBootstrapReq(Req, frozen=True, tag="organization_bootstrap"):
-    bootstrap_token: str
+    bootstrap_token: Text
     root_verify_key: VerifyKeyBytes
     user_certificate: bytes
     device_certificate: bytes

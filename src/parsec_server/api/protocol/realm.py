@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from parsec_server.api.codec import ID, DateTime
-from parsec_server.api.ids import UserID
+from parsec_server.api.ids import EncryptionRevision, UserID
 from parsec_server.api.protocol.base import Req
 
 
@@ -31,7 +31,7 @@ class RealmStartReencryptionMaintenanceReq(
     Req, frozen=True, tag="realm_start_reencryption_maintenance"
 ):
     realm_id: ID
-    encryption_revision: int
+    encryption_revision: EncryptionRevision
     timestamp: DateTime
     per_participant_message: dict[UserID, bytes]
 
@@ -40,4 +40,4 @@ class RealmFinishReencryptionMaintenanceReq(
     Req, frozen=True, tag="realm_finish_reencryption_maintenance"
 ):
     realm_id: ID
-    encryption_revision: int
+    encryption_revision: EncryptionRevision

@@ -4,10 +4,11 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from parsec_server.api.ids import UserID
+from parsec_server.api.ids import INT64_MAX, Text, UserID
 from parsec_server.api.protocol.base import Req
 
-Page = Annotated[int, Meta(gt=0)]
+# Pagination is done in Python over the candidates: any page of a signed 64-bit integer.
+Page = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 PerPage = Annotated[int, Meta(ge=1, le=100)]
 
 
@@ -32,7 +33,7 @@ class DeviceCreateReq(Req, frozen=True, tag="device_create"):
 
 
 class HumanFindReq(Req, frozen=True, tag="human_find"):
-    query: str | None = None
+    query: Text | None = None
     omit_revoked: bool = False
     omit_non_human: bool = False
     page: Page = 1
@@ -50,7 +51,7 @@ class APIV1DeviceCreateReq(Req, frozen=True, tag="device_create"):
 
 
 class APIV1UserFindReq(Req, frozen=True, tag="user_find"):
-    query: str | None = None
+    query: Text | None = None
     omit_revoked: bool = False
     page: Page = 1
     per_page: PerPage = 100

@@ -32,7 +32,9 @@ class CommandTables:
     """Built once per app: one table per handshake type (and API version)."""
 
     def __init__(self, app: BackendApp) -> None:
-        self._tables = _build(app)
+        # The commands of each handshake type (also walked by the field-limits tests).
+        self.commands = _commands(app)
+        self._tables = {kind: CommandTable(commands) for kind, commands in self.commands.items()}
 
     def for_client(self, client: ClientContext) -> CommandTable:
         if isinstance(client, AuthenticatedClientContext):
@@ -50,7 +52,7 @@ def _step(req_type: type[Req], handler: Handler) -> Command:
     return Command(req_type, handler, waits_for_peer=True)
 
 
-def _build(app: BackendApp) -> dict[str, CommandTable]:
+def _commands(app: BackendApp) -> dict[str, list[Command]]:
     ping = Command(ping_proto.PingReq, app.ping.api_ping)
     shared_authenticated = [
         ping,
@@ -169,9 +171,9 @@ def _build(app: BackendApp) -> dict[str, CommandTable]:
         _step(invite_proto.Invite4ClaimerCommunicateReq, inv.api_invite_4_claimer_communicate),
     ]
     return {
-        "authenticated_v2": CommandTable(authenticated_v2),
-        "authenticated_v1": CommandTable(authenticated_v1),
-        "invited": CommandTable(invited),
-        "anonymous": CommandTable(anonymous),
-        "administration": CommandTable(administration),
+        "authenticated_v2": authenticated_v2,
+        "authenticated_v1": authenticated_v1,
+        "invited": invited,
+        "anonymous": anonymous,
+        "administration": administration,
     }

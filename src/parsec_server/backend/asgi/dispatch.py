@@ -25,7 +25,7 @@ INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid me
 
 # msgpack type bytes of a map: fixmap, map16, map32.
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
-_ERROR_PATH = re.compile(r"^(?P<msg>.*) - at `\$\.(?P<field>[^.\[`]+)")
+_ERROR_PATH = re.compile(r"^(?P<msg>.*) - at (?:`key` in )?`\$\.(?P<field>[^.\[`]+)")
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 # What our own `__post_init__` checks raise (see api/ids.py).
 _FIELD_CHECK = re.compile(r"^Field `(?P<field>[^`]+)`: (?P<msg>.*)$")

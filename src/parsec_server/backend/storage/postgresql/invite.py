@@ -18,11 +18,17 @@ from parsec_server.backend.invite import (
 from parsec_server.backend.invite_conduit import ConduitBadOutcome, ConduitSlots, ConduitState
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.organization import BaseOrganizationComponent
+from parsec_server.backend.storage.postgresql.user import (
+    human_handle_of,
+    sql_own_label_certificate,
+)
 from parsec_server.backend.storage.postgresql.utils import to_datetime
 
-_INVITATION_COLUMNS = """
+_INVITATION_COLUMNS = f"""
     i.token, i.type, u.user_id AS greeter_user_id, h.email AS greeter_email,
-    h.label AS greeter_label, i.claimer_email, i.created_on, i.deleted_on
+    h.label AS greeter_label,
+    {sql_own_label_certificate("u")} AS greeter_own_label_certificate,
+    i.claimer_email, i.created_on, i.deleted_on
 """
 
 _INVITATION_JOINS = """
@@ -108,12 +114,11 @@ WHERE _id = $1
 
 
 def _invitation(row: asyncpg.Record) -> Invitation:
-    email = row["greeter_email"]
     return Invitation(
         token=row["token"],
         type=InvitationType(row["type"]),
         greeter_user_id=row["greeter_user_id"],
-        greeter_human_handle=(email, row["greeter_label"]) if email is not None else None,
+        greeter_human_handle=human_handle_of(row, "greeter_"),
         claimer_email=row["claimer_email"],
         created_on=DateTime(row["created_on"]),
         deleted_on=to_datetime(row["deleted_on"]),

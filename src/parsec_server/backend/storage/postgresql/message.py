@@ -20,7 +20,7 @@ WHERE m.recipient = (
     SELECT u._id FROM user_ u JOIN organization o ON o._id = u.organization
     WHERE o.organization_id = $1 AND u.user_id = $2
 )
-    AND m.index > $3
+    AND m.index > $3::bigint  -- any offset of the protocol, not only an INTEGER
 ORDER BY m.index
 """
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from parsec_server.api.certificates import UserCertificate, unsecure_load
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import UserProfile
+from parsec_server.api.ids import HumanHandle, UserProfile
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import Organization
 from parsec_server.backend.storage.postgresql.utils import to_datetime
@@ -18,10 +19,40 @@ from parsec_server.backend.user import (
 )
 from parsec_server.backend.user_types import Device, User, UserWithTrustchain
 
-_SQL_GET_IDENTITY = """
+
+def sql_own_label_certificate(user: str) -> str:
+    """SQL: the user certificate of the `user_` row aliased `user` when its human row is
+    shared with other users, NULL otherwise. A `human` row is shared by the users of one
+    email (one non-revoked at most) and holds the label of the latest one (see
+    `_SQL_UPSERT_HUMAN`; rows written before that rule hold the first one's): each user of
+    a shared row finds its own label in its certificate. Reused emails are rare, and so
+    is this certificate parsing."""
+    return f"""
+    CASE WHEN EXISTS (
+        SELECT 1 FROM user_ other WHERE other.human = {user}.human AND other._id <> {user}._id
+    ) THEN {user}.user_certificate END"""
+
+
+def human_handle_of(row: asyncpg.Record, prefix: str = "") -> HumanHandle | None:
+    """The human handle of a row selecting `<prefix>email`, `<prefix>label` and
+    `<prefix>own_label_certificate` (`sql_own_label_certificate`)."""
+    email = row[f"{prefix}email"]
+    if email is None:
+        return None
+    certificate = row[f"{prefix}own_label_certificate"]
+    if certificate is not None:
+        handle = unsecure_load(UserCertificate, certificate).human_handle
+        if handle is not None:
+            return handle
+    return (email, row[f"{prefix}label"])
+
+
+_SQL_GET_IDENTITY = f"""
 SELECT
     o.organization_id, o.bootstrap_token, o.expiration_date, o.root_verify_key,
-    u.user_id, u.profile, h.email, h.label, u.user_certificate, u.redacted_user_certificate,
+    u.user_id, u.profile, h.email, h.label,
+    {sql_own_label_certificate("u")} AS own_label_certificate,
+    u.user_certificate, u.redacted_user_certificate,
     uc.device_id AS user_certifier, u.created_on AS user_created_on, u.revoked_on,
     u.revoked_user_certificate, ur.device_id AS revoker,
     d.device_id, d.device_label, d.device_certificate, d.redacted_device_certificate,
@@ -47,10 +78,11 @@ SELECT 1 FROM user_ u JOIN human h ON h._id = u.human
 WHERE h.organization = $1 AND h.email = $2 AND u.revoked_on IS NULL
 """
 
-# DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING gives the existing row.
+# One row per email: a user reusing the email of a revoked one takes over the row, with its
+# own label (the revoked user's label stays in its certificate: `sql_own_label_certificate`).
 _SQL_UPSERT_HUMAN = """
 INSERT INTO human (organization, email, label) VALUES ($1, $2, $3)
-ON CONFLICT (organization, email) DO UPDATE SET email = EXCLUDED.email
+ON CONFLICT (organization, email) DO UPDATE SET label = EXCLUDED.label
 RETURNING _id
 """
 
@@ -128,8 +160,10 @@ SELECT 1 FROM user_
 WHERE organization = (SELECT _id FROM organization WHERE organization_id = $1) AND user_id = $2
 """
 
-_SQL_HUMAN_CANDIDATES = """
-SELECT u.user_id, h.email, h.label, u.revoked_on
+_SQL_HUMAN_CANDIDATES = f"""
+SELECT
+    u.user_id, h.email, h.label, {sql_own_label_certificate("u")} AS own_label_certificate,
+    u.revoked_on
 FROM user_ u LEFT JOIN human h ON h._id = u.human
 WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
 """
@@ -211,7 +245,7 @@ class PGUserComponent(BaseUserComponent):
         )
         user = User(
             user_id=row["user_id"],
-            human_handle=(row["email"], row["label"]) if row["email"] is not None else None,
+            human_handle=human_handle_of(row),
             profile=UserProfile(row["profile"]),
             user_certificate=row["user_certificate"],
             redacted_user_certificate=row["redacted_user_certificate"],
@@ -311,10 +345,6 @@ class PGUserComponent(BaseUserComponent):
     async def human_candidates(self, organization_id: str) -> list[HumanCandidate]:
         rows = await self._pool.fetch(_SQL_HUMAN_CANDIDATES, organization_id)
         return [
-            HumanCandidate(
-                r["user_id"],
-                (r["email"], r["label"]) if r["email"] is not None else None,
-                to_datetime(r["revoked_on"]),
-            )
+            HumanCandidate(r["user_id"], human_handle_of(r), to_datetime(r["revoked_on"]))
             for r in rows
         ]

@@ -198,7 +198,8 @@ FROM realm r JOIN organization o ON o._id = r.organization
 WHERE o.organization_id = $1 AND r.realm_id = $3
 """
 
-# $1 organization_id, $2 user_id, $3 realm_id, $4 last_checkpoint, $5 read roles.
+# $1 organization_id, $2 user_id, $3 realm_id, $4 last_checkpoint (any BIGINT: the protocol
+# accepts any checkpoint), $5 read roles.
 # The changes and the checkpoint come from one snapshot, hence agree.
 _SQL_POLL_CHANGES = f"""
 WITH target AS ({_SQL_REALM_TARGET})
@@ -207,7 +208,7 @@ SELECT
     ARRAY(
         SELECT ROW(a.vlob_id, max(a.version))
         FROM realm_vlob_update u JOIN vlob_atom a ON a._id = u.vlob_atom
-        WHERE u.realm = t.realm AND u.index > $4
+        WHERE u.realm = t.realm AND u.index > $4::bigint
             AND t.role = ANY($5::text[]) AND NOT t.in_maintenance
         GROUP BY a.vlob_id
     ) AS changes

@@ -1,6 +1,7 @@
 -- Human handles: one (email, label) pair per email and organization. Users
 -- reusing an email (after the revocation of the previous one) share the row,
--- so the first label is kept.
+-- which holds the latest user's label (the earlier ones' are in their
+-- certificates).
 CREATE TABLE human (
     _id SERIAL PRIMARY KEY,
     organization INTEGER NOT NULL REFERENCES organization (_id),
