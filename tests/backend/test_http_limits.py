@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +66,16 @@ async def limited_server(**overrides: Any) -> AsyncIterator[RunningServer]:
 class Raw:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    # When the connection was established (the server's deadline starts about then).
+    opened_at: float = field(default_factory=time.monotonic)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
 
     async def read_until_closed(self, within: float) -> tuple[bytes, float]:
-        """Everything the server sends until it closes, and the seconds that took."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        """Everything the server sends until it closes, and the seconds from the connection's
+        opening to its close."""
         received = b""
         async with asyncio.timeout(within):
             while True:
@@ -85,7 +86,7 @@ class Raw:
                 if not chunk:
                     break
                 received += chunk
-        return received, loop.time() - start
+        return received, time.monotonic() - self.opened_at
 
     async def assert_open(self, during: float) -> None:
         with pytest.raises(TimeoutError):
