@@ -232,6 +232,7 @@ def test_connection_limits_are_set_by_their_options(fake_server: FakeServer) -> 
     assert result.exit_code == 0, result.output
     config = fake_server.config
     assert (config.http_header_timeout, config.max_pending_connections_per_peer) == (2.5, 0)
+    assert config.handshake_timeout == 2.5  # the same delay bounds the protocol handshake
 
 
 @pytest.mark.parametrize(

@@ -207,6 +207,9 @@ def build_config(
         workers=workers,
         sentry_url=sentry_url,
         http_header_timeout=http_header_timeout,
+        # One delay for every step before a connection is established (issue: "the same
+        # delay"): the HTTP request, then the protocol handshake after the upgrade.
+        handshake_timeout=http_header_timeout,
         max_pending_connections_per_peer=max_pending_connections_per_peer,
     )
 
@@ -497,7 +500,8 @@ option = functools.partial(click.option, show_envvar=True)
     default=10,
     show_default=True,
     help="Seconds a new connection has to send its complete HTTP request headers (and to "
-    "finish the TLS handshake before that); a slower one is closed",
+    "finish the TLS handshake before that), then, upgraded to websocket, to answer the "
+    "handshake challenge; a slower one is closed",
 )
 @option(
     "--max-pending-connections-per-peer",
