@@ -7,8 +7,10 @@ by `cmd`), so a valid request is parsed and validated in a single pass.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -22,6 +24,13 @@ Precheck = Callable[[Any], Rep | None]
 
 UNKNOWN_COMMAND: Rep = {"status": "unknown_command", "reason": "Unknown command"}
 INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid message format"}
+
+# Steps (about one per msgpack value) of the message check done on the event loop: 0.3 to
+# 1 ms. A real request holds a few dozen values; a message needing more (only a purpose-built
+# one) is checked again in one of these threads, without the GIL, so that one message cannot
+# stall the other connections (docs/frame-outcomes.md).
+INLINE_CHECK_BUDGET = 100_000
+_CHECK_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="msgpack-check")
 
 # msgpack type bytes of a map: fixmap, map16, map32.
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
@@ -59,15 +68,28 @@ class CommandTable:
         )
 
     def parse(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
-        """Raise InvalidMessageFormat, or return the command to run or the error reply."""
-        if not frame or frame[0] not in _MAP_FIRST_BYTES:
-            raise InvalidMessageFormat()
-        # The typed decoder skips unknown fields unchecked (invalid UTF-8, bad ext
-        # lengths) and knows no size limits: check the whole message first.
+        """Raise InvalidMessageFormat, or return the command to run or the error reply.
+        The whole message is checked here, however long that takes: the server itself
+        uses `parse_async`."""
+        _check_is_map(frame)
         try:
-            codec.decode_checked(frame)
+            codec.check(frame)
         except codec.CodecError as exc:
             raise InvalidMessageFormat() from exc
+        return self._parse_checked(frame, client)
+
+    async def parse_async(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
+        """`parse`, with the check of a costly message done off the event loop."""
+        _check_is_map(frame)
+        try:
+            await check_message(frame)
+        except codec.CodecError as exc:
+            raise InvalidMessageFormat() from exc
+        return self._parse_checked(frame, client)
+
+    def _parse_checked(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
+        # The typed decoder skips unknown fields unchecked (invalid UTF-8, bad ext
+        # lengths) and knows no size limits: the caller has checked the whole message.
         try:
             req = self._decoder.decode(frame)
         except msgspec.ValidationError as exc:
@@ -82,12 +104,10 @@ class CommandTable:
         return command, req
 
     def _validation_error_reply(self, frame: bytes, message: str, client: object) -> Rep:
-        try:
-            raw = codec.decode_any(frame)
-        except codec.CodecError as exc:
-            raise InvalidMessageFormat() from exc
-        name = raw.get("cmd") if isinstance(raw, dict) else None
-        command = self._by_name.get(name) if isinstance(name, str) else None
+        # Only the `cmd` value is decoded: the rest of the message may be megabytes of
+        # tiny values, costly to build as objects.
+        name = codec.top_level_str(frame, "cmd")
+        command = self._by_name.get(name) if name is not None else None
         if command is None:
             return UNKNOWN_COMMAND
         if command.precheck is not None:
@@ -95,6 +115,20 @@ class CommandTable:
             if refused is not None:
                 return refused
         return bad_message(message)
+
+
+def _check_is_map(frame: bytes) -> None:
+    if not frame or frame[0] not in _MAP_FIRST_BYTES:
+        raise InvalidMessageFormat()
+
+
+async def check_message(frame: bytes) -> None:
+    """`codec.check` (raises CodecError): on the event loop up to INLINE_CHECK_BUDGET
+    steps, else all over again in a worker thread."""
+    try:
+        codec.check(frame, INLINE_CHECK_BUDGET)
+    except codec.CheckTooCostly:
+        await asyncio.get_running_loop().run_in_executor(_CHECK_THREADS, codec.check, frame)
 
 
 def bad_message(message: str) -> Rep:
