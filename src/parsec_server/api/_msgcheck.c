@@ -19,8 +19,10 @@
  *   used as keys hold only such values.
  *
  * `find_str_key(data, key)` returns the (start, end) offsets of the value of the last
- * entry of the top-level map whose key is the str `key`, or None; `data` must have passed
- * `check`.
+ * entry of the top-level map whose key is the str `key`, or None; `prune(data, keep)`
+ * returns the top-level map without the entries whose key is a str not in `keep` (what
+ * the typed decoder would skip, at a cost of its own). Both need `data` to have passed
+ * `check`, and release the GIL while they walk it.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -411,6 +413,40 @@ static const uint8_t *skip_value(const uint8_t *p) {
     return p;
 }
 
+/* The payload of a str value starting at p (and its length), or NULL if not a str. */
+static const uint8_t *str_payload(const uint8_t *p, size_t *n) {
+    if (p[0] >= 0xA0 && p[0] <= 0xBF) {
+        *n = p[0] & 0x1F;
+        return p + 1;
+    }
+    switch (p[0]) {
+    case 0xD9: *n = p[1]; return p + 2;
+    case 0xDA: *n = be16(p + 1); return p + 3;
+    case 0xDB: *n = be32(p + 1); return p + 5;
+    default: *n = 0; return NULL;
+    }
+}
+
+/* The number of entries of the map starting at *p (moved past its header), or -1. */
+static int64_t map_header(const uint8_t **p, const uint8_t *end) {
+    if (*p >= end) {
+        return -1;
+    }
+    uint8_t b = *(*p)++;
+    if (b >= 0x80 && b <= 0x8F) {
+        return b & 0x0F;
+    }
+    if (b == 0xDE) {
+        *p += 2;
+        return be16(*p - 2);
+    }
+    if (b == 0xDF) {
+        *p += 4;
+        return be32(*p - 4);
+    }
+    return -1;
+}
+
 static PyObject *msgcheck_find_str_key(PyObject *module, PyObject *const *args,
                                        Py_ssize_t nargs) {
     (void)module;
@@ -422,51 +458,115 @@ static PyObject *msgcheck_find_str_key(PyObject *module, PyObject *const *args,
     const uint8_t *p = start;
     const char *key = PyBytes_AS_STRING(args[1]);
     size_t key_len = (size_t)PyBytes_GET_SIZE(args[1]);
-    if (PyBytes_GET_SIZE(args[0]) == 0) {
-        Py_RETURN_NONE;
-    }
-    uint32_t entries;
-    uint8_t b = *p++;
-    if (b >= 0x80 && b <= 0x8F) {
-        entries = b & 0x0F;
-    } else if (b == 0xDE) {
-        entries = be16(p);
-        p += 2;
-    } else if (b == 0xDF) {
-        entries = be32(p);
-        p += 4;
-    } else {
+    int64_t entries = map_header(&p, start + PyBytes_GET_SIZE(args[0]));
+    if (entries < 0) {
         Py_RETURN_NONE;
     }
     Py_ssize_t found_start = -1, found_end = -1;
-    for (uint32_t i = 0; i < entries; i++) {
+    Py_BEGIN_ALLOW_THREADS /* the walk may be long; the bytes are immutable and ours */
+    for (int64_t i = 0; i < entries; i++) {
         const uint8_t *k = p;
         const uint8_t *value = skip_value(p);
-        size_t n = 0;
-        const uint8_t *text = NULL;
-        if (k[0] >= 0xA0 && k[0] <= 0xBF) {
-            n = k[0] & 0x1F;
-            text = k + 1;
-        } else if (k[0] == 0xD9) {
-            n = k[1];
-            text = k + 2;
-        } else if (k[0] == 0xDA) {
-            n = be16(k + 1);
-            text = k + 3;
-        } else if (k[0] == 0xDB) {
-            n = be32(k + 1);
-            text = k + 5;
-        }
+        size_t n;
+        const uint8_t *text = str_payload(k, &n);
         p = skip_value(value);
         if (text != NULL && n == key_len && memcmp(text, key, n) == 0) {
             found_start = value - start;
             found_end = p - start;
         }
     }
+    Py_END_ALLOW_THREADS
     if (found_start < 0) {
         Py_RETURN_NONE;
     }
     return Py_BuildValue("(nn)", found_start, found_end);
+}
+
+#define MAX_KEEP 64
+
+static PyObject *msgcheck_prune(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) ||
+        PyTuple_GET_SIZE(args[1]) > MAX_KEEP) {
+        PyErr_SetString(PyExc_TypeError, "prune(data: bytes, keep: tuple[bytes, ...])");
+        return NULL;
+    }
+    const char *keep[MAX_KEEP];
+    size_t keep_len[MAX_KEEP];
+    Py_ssize_t keep_count = PyTuple_GET_SIZE(args[1]);
+    for (Py_ssize_t i = 0; i < keep_count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(args[1], i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "prune: keys must be bytes");
+            return NULL;
+        }
+        keep[i] = PyBytes_AS_STRING(item);
+        keep_len[i] = (size_t)PyBytes_GET_SIZE(item);
+    }
+    const uint8_t *const start = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    const uint8_t *p = start;
+    int64_t entries = map_header(&p, start + PyBytes_GET_SIZE(args[0]));
+    if (entries < 0) {
+        return Py_NewRef(args[0]);
+    }
+    /* (start, end) of each entry kept; at most MAX_MAP entries in a checked message. */
+    Py_ssize_t *spans = PyMem_RawMalloc(sizeof(Py_ssize_t) * 2 * (size_t)(entries + 1));
+    if (spans == NULL) {
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t kept = 0, size = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i = 0; i < entries; i++) {
+        const uint8_t *entry = p;
+        size_t n;
+        const uint8_t *text = str_payload(entry, &n);
+        p = skip_value(skip_value(p));
+        int wanted = text == NULL; /* a key that is not a str: the decoder reports it */
+        for (Py_ssize_t j = 0; !wanted && j < keep_count; j++) {
+            wanted = n == keep_len[j] && memcmp(text, keep[j], n) == 0;
+        }
+        if (wanted) {
+            spans[2 * kept] = entry - start;
+            spans[2 * kept + 1] = p - start;
+            size += p - entry;
+            kept++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 5 + size);
+    if (out == NULL) {
+        PyMem_RawFree(spans);
+        return NULL;
+    }
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t header;
+    if (kept <= 15) {
+        o[0] = (uint8_t)(0x80 | kept);
+        header = 1;
+    } else if (kept <= 0xFFFF) {
+        o[0] = 0xDE;
+        o[1] = (uint8_t)(kept >> 8);
+        o[2] = (uint8_t)kept;
+        header = 3;
+    } else {
+        o[0] = 0xDF;
+        o[1] = (uint8_t)(kept >> 24);
+        o[2] = (uint8_t)(kept >> 16);
+        o[3] = (uint8_t)(kept >> 8);
+        o[4] = (uint8_t)kept;
+        header = 5;
+    }
+    Py_ssize_t at = header;
+    for (Py_ssize_t i = 0; i < kept; i++) {
+        Py_ssize_t length = spans[2 * i + 1] - spans[2 * i];
+        memcpy(o + at, start + spans[2 * i], (size_t)length);
+        at += length;
+    }
+    PyMem_RawFree(spans);
+    if (_PyBytes_Resize(&out, at) < 0) {
+        return NULL;
+    }
+    return out;
 }
 
 static PyMethodDef msgcheck_methods[] = {
@@ -475,6 +575,9 @@ static PyMethodDef msgcheck_methods[] = {
      "if more than `budget` steps were needed (0: no limit, the GIL released meanwhile)."},
     {"find_str_key", (PyCFunction)(void (*)(void))msgcheck_find_str_key, METH_FASTCALL,
      "find_str_key(data, key) -> (start, end) of the value of `key` in the top-level map."},
+    {"prune", (PyCFunction)(void (*)(void))msgcheck_prune, METH_FASTCALL,
+     "prune(data, keep) -> the top-level map without the entries whose key is a str not "
+     "in `keep`."},
     {NULL, NULL, 0, NULL},
 };
 

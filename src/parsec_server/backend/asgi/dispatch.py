@@ -27,8 +27,10 @@ INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid me
 
 # Steps (about one per msgpack value) of the message check done on the event loop: 0.3 to
 # 1 ms. A real request holds a few dozen values; a message needing more (only a purpose-built
-# one) is checked again in one of these threads, without the GIL, so that one message cannot
-# stall the other connections (docs/frame-outcomes.md).
+# one) is checked again in one of these threads, without the GIL, and its top-level fields
+# that the command does not have are dropped there too (the typed decoder would spend
+# milliseconds per MiB skipping them, holding the GIL), so that one message cannot stall the
+# other connections (docs/frame-outcomes.md).
 INLINE_CHECK_BUDGET = 100_000
 _CHECK_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="msgpack-check")
 
@@ -62,6 +64,7 @@ class CommandTable:
     def __init__(self, commands: list[Command]) -> None:
         self._by_type = {c.req_type: c for c in commands}
         self._by_name = {c.name: c for c in commands}
+        self._fields = {c.name: field_names(c.req_type) for c in commands}
         union = Union[tuple(self._by_type)]  # type: ignore[valid-type]  # noqa: UP007
         self._decoder: msgspec.msgpack.Decoder[Req] = msgspec.msgpack.Decoder(
             union, ext_hook=codec.ext_hook
@@ -82,10 +85,14 @@ class CommandTable:
         """`parse`, with the check of a costly message done off the event loop."""
         _check_is_map(frame)
         try:
-            await check_message(frame)
+            frame = await check_message(frame, self._fields_of)
         except codec.CodecError as exc:
             raise InvalidMessageFormat() from exc
         return self._parse_checked(frame, client)
+
+    def _fields_of(self, frame: bytes) -> tuple[bytes, ...]:
+        name = codec.top_level_str(frame, "cmd")
+        return self._fields.get(name, (b"cmd",)) if name is not None else (b"cmd",)
 
     def _parse_checked(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
         # The typed decoder skips unknown fields unchecked (invalid UTF-8, bad ext
@@ -122,13 +129,33 @@ def _check_is_map(frame: bytes) -> None:
         raise InvalidMessageFormat()
 
 
-async def check_message(frame: bytes) -> None:
-    """`codec.check` (raises CodecError): on the event loop up to INLINE_CHECK_BUDGET
-    steps, else all over again in a worker thread."""
+def field_names(*types: type[msgspec.Struct]) -> tuple[bytes, ...]:
+    """The msgpack keys that decoding into `types` reads (tag fields included)."""
+    names: set[str] = set()
+    for type_ in types:
+        names.update(field.encode_name for field in msgspec.structs.fields(type_))
+        tag_field = type_.__struct_config__.tag_field
+        if tag_field is not None:
+            names.add(tag_field)
+    return tuple(sorted(name.encode() for name in names))
+
+
+async def check_message(frame: bytes, fields: Callable[[bytes], tuple[bytes, ...]]) -> bytes:
+    """`codec.check` (raises CodecError) and the frame to decode: on the event loop the
+    frame itself, if checked within INLINE_CHECK_BUDGET steps; else, in a worker thread,
+    the check all over again, then the frame without the top-level str keys not in
+    `fields(frame)`."""
     try:
         codec.check(frame, INLINE_CHECK_BUDGET)
     except codec.CheckTooCostly:
-        await asyncio.get_running_loop().run_in_executor(_CHECK_THREADS, codec.check, frame)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_CHECK_THREADS, _check_and_prune, frame, fields)
+    return frame
+
+
+def _check_and_prune(frame: bytes, fields: Callable[[bytes], tuple[bytes, ...]]) -> bytes:
+    codec.check(frame)
+    return codec.prune(frame, fields(frame))
 
 
 def bad_message(message: str) -> Rep:
