@@ -100,7 +100,9 @@ AT_LIMIT_FRAMES = {
     "bin_of_1MiB": lambda: ping_frame(extra=b"x" * MiB),
     "array_of_131072": lambda: ping_frame(extra=[0] * 131072),
     "map_of_32768": lambda: ping_frame(extra={str(i): 0 for i in range(32768)}),
-    "several_1MiB_bins": lambda: ping_frame(**{f"bin{i}": b"x" * MiB for i in range(5)}),
+    "several_1MiB_bins": lambda: ping_frame(
+        **{f"bin{i}": b"x" * MiB for i in range(WS_MAX_MESSAGE_SIZE // MiB - 1)}
+    ),
 }
 
 

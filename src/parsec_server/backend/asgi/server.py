@@ -24,9 +24,10 @@ from parsec_server.backend.config import (
 )
 
 # The 2.0.0 client's largest request is about 1 MiB + 200 bytes (a vlob or re-encryption
-# blob at the 1 MiB bin limit; blocks are 512 KiB): 8 MiB leaves room for several
-# (docs/frame-outcomes.md). A larger message is closed with 1009.
-WS_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+# blob at the 1 MiB bin limit; blocks are 512 KiB): 4 MiB leaves room for three such blobs,
+# and bounds what one message costs the transport (docs/frame-outcomes.md). A larger
+# message is closed with 1009.
+WS_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 
 def uvicorn_config(config: BackendConfig, app: BackendASGIApp) -> uvicorn.Config:
