@@ -71,6 +71,9 @@ WAITING = {
     if command.breathing or command.name.startswith(_WAIT_PREFIXES)
 }
 
+# Strings that storage layers and regular expressions treat specially.
+ODD_STRINGS = ["\x00", "alice\x00", "a\nb", "alice\n", "\u2028", "é" * 40, "x" * 300, " ", "%", "_"]
+
 BOUNDARY_INTS = [0, 1, -1, 127, 128, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -(2**31)]
 BOUNDARY_INTS += [2**32 - 1, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63)]
 
@@ -232,6 +235,8 @@ class Mutator:
         if pick == 3:
             return rng.choice([0.0, -0.0, 1.5, float("inf"), float("nan"), 1e300])
         if pick == 4:
+            if rng.random() < 0.3:
+                return rng.choice(ODD_STRINGS)
             return "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(12)))
         if pick == 5:
             return rng.randbytes(rng.choice([0, 1, 16, 31, 32, 33, 64, 200]))
@@ -406,7 +411,9 @@ class Stats:
         for outcome, kept in self.examples.items():
             if outcome.startswith("BUG"):
                 lines.append(f"  {outcome} examples:")
-                lines += [f"    {example}" for example in kept]
+                lines += [
+                    f"    {example[:400]}{' ...' if len(example) > 400 else ''}" for example in kept
+                ]
         return "\n".join(lines)
 
 

@@ -211,7 +211,7 @@ def assert_parse_outcome(table: CommandTable, frame: bytes, client: Any) -> Any:
     return outcome
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(requests(), st.sampled_from(CLIENTS))
 def test_parse_only_returns_a_command_or_a_reply_or_raises_invalid_msg_format(
     request_: tuple[str, bytes], client: Any
@@ -232,7 +232,7 @@ def test_parse_of_any_bytes(table_name: str, frame: bytes, client: Any) -> None:
     assert_parse_outcome(TABLES[table_name], frame, client)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 @given(requests(), st.sampled_from(CLIENTS))
 def test_dropping_the_unknown_top_level_fields_changes_nothing(
     request_: tuple[str, bytes], client: Any
