@@ -387,6 +387,7 @@ class Stats:
     statuses: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     reconnects: int = 0
+    worker_errors: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
     def keep(self, outcome: str, kind: str, frame: bytes) -> None:
@@ -405,6 +406,8 @@ class Stats:
             f" {self.reconnects} reconnections"
         ]
         lines += [f"  {outcome}: {count}" for outcome, count in sorted(self.outcomes.items())]
+        if self.worker_errors:
+            lines.append(f"  BUG sessions given up: {self.worker_errors}")
         lines.append("  close codes: " + ", ".join(f"{c}={n}" for c, n in self.close_codes.items()))
         top = ", ".join(f"{s}={n}" for s, n in self.statuses.most_common(12))
         lines.append(f"  reply statuses (top): {top}")
@@ -425,6 +428,21 @@ def _cmd_of(frame: bytes) -> str | None:
     return codec.top_level_str(frame, "cmd")
 
 
+async def _open(targets: Targets, kind: str, who: str, stats: Stats) -> ClientConnection:
+    for _ in range(5):
+        try:
+            return await open_session(targets, kind, who)
+        except RefusedSession:
+            stats.outcomes["session refused, repaired"] += 1
+            await targets.repair()
+        except (OSError, TimeoutError, ConnectionClosed) as exc:
+            # The server should always complete a handshake: a refused connection or a
+            # handshake without answer is a bug (or the server died).
+            stats.outcomes[f"BUG session not opened ({type(exc).__name__})"] += 1
+            await asyncio.sleep(1)
+    raise RuntimeError(f"no {kind} session could be opened")
+
+
 async def _session_worker(
     targets: Targets,
     kind: str,
@@ -436,12 +454,7 @@ async def _session_worker(
     ws: ClientConnection | None = None
     while remaining():
         if ws is None:
-            try:
-                ws = await open_session(targets, kind, who)
-            except RefusedSession:
-                stats.outcomes["session refused, repaired"] += 1
-                await targets.repair()
-                ws = await open_session(targets, kind, who)
+            ws = await _open(targets, kind, who, stats)
             stats.reconnects += 1
         frame = mutator.frame(kind)
         stats.frames += 1
@@ -510,8 +523,10 @@ async def fuzz(
     rng = random.Random(seed)
     mutator = Mutator(rng, targets)
 
+    stopping = False
+
     def remaining() -> bool:
-        return stats.frames < frames
+        return not stopping and stats.frames < frames
 
     workers = [
         asyncio.create_task(_session_worker(targets, kind, who, mutator, stats, remaining))
@@ -519,19 +534,20 @@ async def fuzz(
         for _ in range(sessions_per_kind)
     ]
     try:
-        if progress is None:
-            await asyncio.gather(*workers)
-        else:
-            pending = set(workers)
-            while pending:
-                done, pending = await asyncio.wait(pending, timeout=progress_every)
-                for task in done:
-                    task.result()
+        pending = set(workers)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=progress_every)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    # One kind of session lost; the others go on.
+                    stats.worker_errors.append(repr(task.exception()))
+            if progress is not None:
                 progress(stats)
     finally:
+        stopping = True  # ends the loops even if a cancellation gets swallowed
         for task in workers:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.wait(workers, timeout=REPLY_TIMEOUT * 2)
     return stats
 
 
