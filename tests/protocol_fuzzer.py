@@ -3,6 +3,8 @@ every kind (authenticated API 2 and 1, anonymous, administration, invited), each
 classified (docs/frame-outcomes.md). Used by tests/backend/test_protocol_fuzz.py (a few
 thousand frames) and bench/fuzz_frames.py (a million, against a server it starts).
 
+One more session kind sends mutated handshake answers, one per connection.
+
 The seeds are request frames of every command of every table, with values of the right
 types (from the request structs, msgspec.inspect) and real identifiers of the organization;
 each frame sent is a seed mutated: bit flips, byte changes, truncations, insertions, field
@@ -312,6 +314,22 @@ class Mutator:
 
     # Frames
 
+    def answer(self, targets: Targets, challenge: bytes) -> bytes:
+        """A handshake answer of any kind, mutated like the requests."""
+        rng = self.rng
+        kind, who = rng.choice(SESSION_KINDS)
+        fields = codec.decode_any(_answer(targets, kind, who, challenge))
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            self._mutate_fields(fields)
+        try:
+            raw = bytearray(codec.encode(fields))
+        except (OverflowError, TypeError, ValueError):
+            raw = bytearray(_answer(targets, kind, who, challenge))
+        if rng.random() < 0.4:
+            for _ in range(rng.choice([1, 1, 2, 4])):
+                self._mutate_bytes(raw)
+        return bytes(raw)
+
     def frame(self, kind: str) -> bytes:
         rng = self.rng
         seed = dict(rng.choice(self.seeds[kind]))
@@ -443,6 +461,50 @@ async def _open(targets: Targets, kind: str, who: str, stats: Stats) -> ClientCo
     raise RuntimeError(f"no {kind} session could be opened")
 
 
+async def _handshake_worker(
+    targets: Targets, mutator: Mutator, stats: Stats, remaining: Callable[[], bool], share: int
+) -> None:
+    """Mutated handshake answers (`share` of them): each gets a handshake result (then a
+    close unless ok)."""
+    sent = 0
+    while remaining() and sent < share:
+        sent += 1
+        ws = await connect(
+            f"ws://{targets.addr.hostname}:{targets.addr.port}/ws",
+            compression=None,
+            ping_interval=None,
+            max_size=None,
+            open_timeout=REPLY_TIMEOUT,
+        )
+        stats.reconnects += 1
+        try:
+            raw = await asyncio.wait_for(ws.recv(), REPLY_TIMEOUT)
+            assert isinstance(raw, bytes)
+            frame = mutator.answer(targets, challenge_decoder.decode(raw).challenge)
+            stats.frames += 1
+            await ws.send(frame)
+            try:
+                reply = codec.decode_any(await asyncio.wait_for(ws.recv(), REPLY_TIMEOUT))  # type: ignore[arg-type]
+            except TimeoutError:
+                outcome = "BUG handshake hang"
+            except ConnectionClosed:
+                code = ws.close_code
+                outcome = "BUG close 1011" if code == 1011 else f"BUG handshake closed ({code})"
+            else:
+                if isinstance(reply, dict) and reply.get("handshake") == "result":
+                    outcome = "handshake result"
+                    stats.statuses[f"handshake {reply.get('result')}"] += 1
+                elif reply == {"status": "invalid_msg_format", "reason": "Invalid message format"}:
+                    outcome = "BUG invalid_msg_format to an answer"
+                else:
+                    outcome = "BUG handshake reply"
+            stats.outcomes[outcome] += 1
+            if outcome.startswith("BUG"):
+                stats.keep(outcome, "handshake", frame)
+        finally:
+            await ws.close()
+
+
 async def _session_worker(
     targets: Targets,
     kind: str,
@@ -533,6 +595,10 @@ async def fuzz(
         for kind, who in SESSION_KINDS
         for _ in range(sessions_per_kind)
     ]
+    share = frames // (len(workers) + 1)
+    workers.append(
+        asyncio.create_task(_handshake_worker(targets, mutator, stats, remaining, share))
+    )
     try:
         pending = set(workers)
         while pending:
