@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from typing import Any
 
 import msgspec
@@ -29,6 +30,7 @@ from tests.backend.common import (
 )
 from tests.fixtures.servers import Organization, RunningServer
 
+_F64 = struct.Struct(">d")
 INVALID_MSG_FORMAT = {"status": "invalid_msg_format", "reason": "Invalid message format"}
 UNKNOWN_COMMAND = {"status": "unknown_command", "reason": "Unknown command"}
 MiB = 1024 * 1024
@@ -60,6 +62,10 @@ INVALID_FRAMES = {
     "datetime_ext_too_short": ping_frame(extra=msgspec.msgpack.Ext(1, b"1234")),
     "uuid_ext_too_short_in_a_known_field": codec.encode(
         {"cmd": "user_get", "user_id": msgspec.msgpack.Ext(2, b"abc")}
+    ),
+    "datetime_ext_infinite": ping_frame(extra=msgspec.msgpack.Ext(1, b"\x7f\xf0" + bytes(6))),
+    "datetime_ext_year_10000": codec.encode(
+        {"cmd": "user_revoke", "revoked_user_certificate": msgspec.msgpack.Ext(1, _F64.pack(3e11))}
     ),
     # {"cmd": "ping", "ping": "x", "y": [[[...[0]...]]]}, 5000 levels deep
     "deeply_nested": b"\x83" + ping_frame()[1:] + b"\xa1y" + b"\x91" * 5000 + b"\x00",
@@ -100,7 +106,9 @@ AT_LIMIT_FRAMES = {
     "bin_of_1MiB": lambda: ping_frame(extra=b"x" * MiB),
     "array_of_131072": lambda: ping_frame(extra=[0] * 131072),
     "map_of_32768": lambda: ping_frame(extra={str(i): 0 for i in range(32768)}),
-    "several_1MiB_bins": lambda: ping_frame(**{f"bin{i}": b"x" * MiB for i in range(5)}),
+    "several_1MiB_bins": lambda: ping_frame(
+        **{f"bin{i}": b"x" * MiB for i in range(WS_MAX_MESSAGE_SIZE // MiB - 1)}
+    ),
 }
 
 
@@ -386,3 +394,44 @@ async def test_failing_handler_closes_only_its_connection(
     assert rep["status"] == "ok"
     await bystander.close()
     await wait_until(lambda: len(server.app.connections) == 0)
+
+
+def _invited_answer(**overrides: Any) -> bytes:
+    fields = {
+        "handshake": "answer",
+        "client_api_version": [2, 0],
+        "type": "INVITED",
+        "organization_id": "Org",
+        "invitation_type": "USER",
+        "token": codec.ID.new(),
+    }
+    return codec.encode({**fields, **overrides})
+
+
+HOSTILE_ANSWERS = {
+    "deeply_nested": b"\x82\xa9handshake\xa6answer\xa1y" + b"\x91" * 5000 + b"\xc0",
+    "datetime_ext_infinite_as_token": _invited_answer(
+        token=msgspec.msgpack.Ext(1, b"\x7f\xf0" + bytes(6))
+    ),
+    "invalid_utf8_in_an_unknown_field": _invited_answer(y="éé").replace(
+        "éé".encode(), b"\xff\xfe\xff\xfe"
+    ),
+    "bin_over_1MiB": _invited_answer(extra=b"x" * (MiB + 1)),
+    "truncated": _invited_answer()[:-3],
+}
+
+
+@pytest.mark.parametrize("answer", HOSTILE_ANSWERS.values(), ids=HOSTILE_ANSWERS.keys())
+async def test_hostile_handshake_answer_gets_bad_protocol_then_the_connection_closes(
+    server: RunningServer, org: Organization, answer: bytes
+) -> None:
+    from tests.fixtures.raw import raw_connect, recv_map
+
+    ws = await raw_connect(server.addr)
+    await ws.recv()  # the challenge
+    await ws.send(answer)
+    result = await asyncio.wait_for(recv_map(ws), TIMEOUT)
+    assert result["handshake"] == "result"
+    assert result["result"] == "bad_protocol"
+    assert await assert_closed_without_reply(ws) == 1000
+    await assert_server_serves(org.alice)

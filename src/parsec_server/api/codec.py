@@ -8,12 +8,15 @@ by `ext_hook`.
 
 from __future__ import annotations
 
+import math
 import struct
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
+
+from parsec_server.api import _msgcheck
 
 _FLOAT64 = struct.Struct(">d")
 # The instants a timestamp may hold: the years 1 to 9999, UTC (docs/protocol-limits.md).
@@ -177,45 +180,87 @@ def decode_any(raw: bytes) -> Any:
         raise CodecError(str(exc)) from exc
 
 
-# The reference decoder's limits (protocol/10-transport.md §3); msgspec has none.
+# The reference decoder's limits (protocol/10-transport.md §3); msgspec has none. The C
+# scanner enforces them (constants repeated there, checked equal by the tests).
 MAX_STR_BYTES = MAX_BIN_BYTES = MAX_EXT_BYTES = 1024 * 1024
 MAX_ARRAY_LENGTH = 131072
 MAX_MAP_LENGTH = 32768
-_SMALLEST_OVER_LIMIT = 2 * MAX_MAP_LENGTH
+# Nesting deeper than this is a format error (msgspec alone gives up near Python's recursion
+# limit, ~1000, depending on the caller's stack; the reference's msgpack at 1024).
+MAX_DEPTH = _msgcheck.MAX_DEPTH
 
 
-def check_limits(value: Any) -> None:
-    """Raise CodecError if a decoded value holds a str, bin, ext, array or map over the
-    protocol's limits (iterative: nesting depth is already bounded by the decoder)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            # Cheap test first: a str of at most MAX/4 characters fits in MAX UTF-8 bytes.
-            if len(item) > MAX_STR_BYTES // 4 and len(item.encode("utf8")) > MAX_STR_BYTES:
-                raise CodecError("str over the size limit")
-        elif isinstance(item, bytes):
-            if len(item) > MAX_BIN_BYTES:
-                raise CodecError("bin over the size limit")
-        elif isinstance(item, list | tuple):
-            if len(item) > MAX_ARRAY_LENGTH:
-                raise CodecError("array over the size limit")
-            stack.extend(item)
-        elif isinstance(item, dict):
-            if len(item) > MAX_MAP_LENGTH:
-                raise CodecError("map over the size limit")
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, msgspec.msgpack.Ext) and memoryview(item.data).nbytes > MAX_EXT_BYTES:
-            raise CodecError("ext over the size limit")
+def _timestamp_range() -> tuple[float, float]:
+    """The smallest and largest float64 that `DateTime.from_timestamp` accepts, found by
+    bisection over the ordered bit patterns of non-negative floats (each bound is exact)."""
+
+    def accepted(ts: float) -> bool:
+        try:
+            DateTime.from_timestamp(ts)
+        except ValueError:
+            return False
+        return True
+
+    as_bits = struct.Struct(">q")
+
+    def magnitude(bits: int) -> float:
+        value: float = _FLOAT64.unpack(as_bits.pack(bits))[0]
+        return value
+
+    bounds = []
+    for sign in (1.0, -1.0):
+        good, bad = 0, as_bits.unpack(_FLOAT64.pack(math.inf))[0]  # bits of 0.0 and inf
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if accepted(sign * magnitude(middle)):
+                good = middle
+            else:
+                bad = middle
+        bounds.append(sign * magnitude(good))
+    return bounds[1], bounds[0]
 
 
-def decode_checked(raw: bytes) -> Any:
-    """Decode a whole message as the reference does before looking at any field: every
-    value is checked (UTF-8, ext payloads, limits), including fields nobody will read."""
-    value = decode_any(raw)
-    # No limit can be exceeded by a message smaller than the smallest one (a map of
-    # MAX_MAP_LENGTH entries needs at least two bytes per entry): skip the walk.
-    if len(raw) > _SMALLEST_OVER_LIMIT:
-        check_limits(value)
-    return value
+# ext 1 payloads outside this range are format errors (the C scanner compares floats).
+TIMESTAMP_MIN, TIMESTAMP_MAX = _timestamp_range()
+
+
+class CheckTooCostly(Exception):
+    """`check` ran out of its budget before the end of the message (not an error)."""
+
+
+def check(raw: bytes, budget: int = 0) -> None:
+    """Raise CodecError unless `raw` is exactly one msgpack value the protocol accepts,
+    checked everywhere, fields nobody will read included, as the reference's decoder did:
+    valid UTF-8, ext 1/2 payloads, the size limits above. Done in C without building any
+    object, a few nanoseconds per value whatever the shape of the message.
+
+    With a `budget` (about one step per value), raise CheckTooCostly past it: the caller
+    runs the check again off the event loop, where `budget=0` (no limit) releases the GIL.
+    """
+    problem = _msgcheck.check(raw, TIMESTAMP_MIN, TIMESTAMP_MAX, budget)
+    if problem is None:
+        return
+    if problem is False:
+        raise CheckTooCostly()
+    raise CodecError(problem)
+
+
+def top_level_str(raw: bytes, key: str) -> str | None:
+    """The str value of `key` in the top-level map of a `check`ed message, else None;
+    the rest of the message is skipped, not decoded."""
+    span = _msgcheck.find_str_key(raw, key.encode())
+    if span is None:
+        return None
+    try:
+        return _str_decoder.decode(raw[span[0] : span[1]])
+    except (msgspec.DecodeError, ValueError):
+        return None
+
+
+def prune(raw: bytes, keep: tuple[bytes, ...]) -> bytes:
+    """A `check`ed message without the top-level entries whose key is a str not in `keep`
+    (UTF-8 encoded): what a typed decoder would skip, here skipped without the GIL."""
+    return _msgcheck.prune(raw, keep)
+
+
+_str_decoder = msgspec.msgpack.Decoder(str)

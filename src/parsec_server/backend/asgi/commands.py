@@ -34,17 +34,17 @@ class CommandTables:
     def __init__(self, app: BackendApp) -> None:
         # The commands of each handshake type (also walked by the field-limits tests).
         self.commands = _commands(app)
-        self._tables = {kind: CommandTable(commands) for kind, commands in self.commands.items()}
+        self.tables = {kind: CommandTable(commands) for kind, commands in self.commands.items()}
 
     def for_client(self, client: ClientContext) -> CommandTable:
         if isinstance(client, AuthenticatedClientContext):
-            return self._tables["authenticated_v2" if client.api_major == 2 else "authenticated_v1"]
+            return self.tables["authenticated_v2" if client.api_major == 2 else "authenticated_v1"]
         if isinstance(client, InvitedClientContext):
-            return self._tables["invited"]
+            return self.tables["invited"]
         if isinstance(client, AnonymousClientContext):
-            return self._tables["anonymous"]
+            return self.tables["anonymous"]
         assert isinstance(client, AdministrationClientContext)
-        return self._tables["administration"]
+        return self.tables["administration"]
 
 
 def _step(req_type: type[Req], handler: Handler) -> Command:

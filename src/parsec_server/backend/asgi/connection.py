@@ -149,7 +149,7 @@ class ClientConnection:
             if frame is None:
                 return
             try:
-                parsed = table.parse(frame, client)
+                parsed = await table.parse_async(frame, client)
             except InvalidMessageFormat:
                 await self._reply_invalid_format_and_close()
                 return

@@ -7,8 +7,10 @@ by `cmd`), so a valid request is parsed and validated in a single pass.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -22,6 +24,15 @@ Precheck = Callable[[Any], Rep | None]
 
 UNKNOWN_COMMAND: Rep = {"status": "unknown_command", "reason": "Unknown command"}
 INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid message format"}
+
+# Steps (about one per msgpack value) of the message check done on the event loop: 0.3 to
+# 1 ms. A real request holds a few dozen values; a message needing more (only a purpose-built
+# one) is checked again in one of these threads, without the GIL, and its top-level fields
+# that the command does not have are dropped there too (the typed decoder would spend
+# milliseconds per MiB skipping them, holding the GIL), so that one message cannot stall the
+# other connections (docs/frame-outcomes.md).
+INLINE_CHECK_BUDGET = 100_000
+_CHECK_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="msgpack-check")
 
 # msgpack type bytes of a map: fixmap, map16, map32.
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
@@ -57,21 +68,39 @@ class CommandTable:
     def __init__(self, commands: list[Command]) -> None:
         self._by_type = {c.req_type: c for c in commands}
         self._by_name = {c.name: c for c in commands}
+        self._fields = {c.name: field_names(c.req_type) for c in commands}
         union = Union[tuple(self._by_type)]  # type: ignore[valid-type]  # noqa: UP007
         self._decoder: msgspec.msgpack.Decoder[Req] = msgspec.msgpack.Decoder(
             union, ext_hook=codec.ext_hook
         )
 
     def parse(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
-        """Raise InvalidMessageFormat, or return the command to run or the error reply."""
-        if not frame or frame[0] not in _MAP_FIRST_BYTES:
-            raise InvalidMessageFormat()
-        # The typed decoder skips unknown fields unchecked (invalid UTF-8, bad ext
-        # lengths) and knows no size limits: check the whole message first.
+        """Raise InvalidMessageFormat, or return the command to run or the error reply.
+        The whole message is checked here, however long that takes: the server itself
+        uses `parse_async`."""
+        _check_is_map(frame)
         try:
-            codec.decode_checked(frame)
+            codec.check(frame)
         except codec.CodecError as exc:
             raise InvalidMessageFormat() from exc
+        return self._parse_checked(frame, client)
+
+    async def parse_async(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
+        """`parse`, with the check of a costly message done off the event loop."""
+        _check_is_map(frame)
+        try:
+            frame = await check_message(frame, self._fields_of)
+        except codec.CodecError as exc:
+            raise InvalidMessageFormat() from exc
+        return self._parse_checked(frame, client)
+
+    def _fields_of(self, frame: bytes) -> tuple[bytes, ...]:
+        name = codec.top_level_str(frame, "cmd")
+        return self._fields.get(name, (b"cmd",)) if name is not None else (b"cmd",)
+
+    def _parse_checked(self, frame: bytes, client: object) -> tuple[Command, Req] | Rep:
+        # The typed decoder skips unknown fields unchecked (invalid UTF-8, bad ext
+        # lengths) and knows no size limits: the caller has checked the whole message.
         try:
             req = self._decoder.decode(frame)
         except msgspec.ValidationError as exc:
@@ -86,12 +115,10 @@ class CommandTable:
         return command, req
 
     def _validation_error_reply(self, frame: bytes, message: str, client: object) -> Rep:
-        try:
-            raw = codec.decode_any(frame)
-        except codec.CodecError as exc:
-            raise InvalidMessageFormat() from exc
-        name = raw.get("cmd") if isinstance(raw, dict) else None
-        command = self._by_name.get(name) if isinstance(name, str) else None
+        # Only the `cmd` value is decoded: the rest of the message may be megabytes of
+        # tiny values, costly to build as objects.
+        name = codec.top_level_str(frame, "cmd")
+        command = self._by_name.get(name) if name is not None else None
         if command is None:
             return UNKNOWN_COMMAND
         if command.precheck is not None:
@@ -99,6 +126,40 @@ class CommandTable:
             if refused is not None:
                 return refused
         return bad_message(message)
+
+
+def _check_is_map(frame: bytes) -> None:
+    if not frame or frame[0] not in _MAP_FIRST_BYTES:
+        raise InvalidMessageFormat()
+
+
+def field_names(*types: type[msgspec.Struct]) -> tuple[bytes, ...]:
+    """The msgpack keys that decoding into `types` reads (tag fields included)."""
+    names: set[str] = set()
+    for type_ in types:
+        names.update(field.encode_name for field in msgspec.structs.fields(type_))
+        tag_field = type_.__struct_config__.tag_field
+        if tag_field is not None:
+            names.add(tag_field)
+    return tuple(sorted(name.encode() for name in names))
+
+
+async def check_message(frame: bytes, fields: Callable[[bytes], tuple[bytes, ...]]) -> bytes:
+    """`codec.check` (raises CodecError) and the frame to decode: on the event loop the
+    frame itself, if checked within INLINE_CHECK_BUDGET steps; else, in a worker thread,
+    the check all over again, then the frame without the top-level str keys not in
+    `fields(frame)`."""
+    try:
+        codec.check(frame, INLINE_CHECK_BUDGET)
+    except codec.CheckTooCostly:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_CHECK_THREADS, _check_and_prune, frame, fields)
+    return frame
+
+
+def _check_and_prune(frame: bytes, fields: Callable[[bytes], tuple[bytes, ...]]) -> bytes:
+    codec.check(frame)
+    return codec.prune(frame, fields(frame))
 
 
 def bad_message(message: str) -> Rep:

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from parsec_server.api.codec import DateTime
+from parsec_server.api.codec import CodecError, DateTime
 from parsec_server.api.crypto import CryptoError, secrets_equal, verify_signed
 from parsec_server.api.handshake import (
     Answer,
+    AnswerProbe,
     APIV1AdministrationAnswer,
     APIV1AnonymousAnswer,
     APIV1AuthenticatedAnswer,
@@ -23,6 +24,7 @@ from parsec_server.api.handshake import (
     v2_answer_decoder,
 )
 from parsec_server.api.ids import user_id_of
+from parsec_server.backend.asgi.dispatch import check_message, field_names
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
     AnonymousClientContext,
@@ -53,9 +55,10 @@ def _errors_text(exc: Exception) -> str:
 
 
 def parse_answer(raw: bytes) -> tuple[Answer, int] | HandshakeOutcome:
+    """`raw` has passed `codec.check`."""
     try:
         probe = probe_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         return _failed(HandshakeResult.BAD_PROTOCOL, _errors_text(exc))
     major, minor = probe.client_api_version
     if major not in (1, 2):
@@ -67,11 +70,30 @@ def parse_answer(raw: bytes) -> tuple[Answer, int] | HandshakeOutcome:
     decoder = v2_answer_decoder if major == 2 else v1_answer_decoder
     try:
         return decoder.decode(raw), major
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         return _failed(HandshakeResult.BAD_PROTOCOL, _errors_text(exc))
 
 
+def _answer_fields(raw: bytes) -> tuple[bytes, ...]:
+    return ANSWER_FIELDS
+
+
+ANSWER_FIELDS = field_names(
+    AnswerProbe,
+    AuthenticatedAnswer,
+    InvitedAnswer,
+    APIV1AuthenticatedAnswer,
+    APIV1AnonymousAnswer,
+    APIV1AdministrationAnswer,
+)
+
+
 async def do_handshake(app: BackendApp, challenge: bytes, raw: bytes) -> HandshakeOutcome:
+    # The whole answer is checked as any request is (limits, UTF-8, ext payloads).
+    try:
+        raw = await check_message(raw, _answer_fields)
+    except CodecError as exc:
+        return _failed(HandshakeResult.BAD_PROTOCOL, _errors_text(exc))
     parsed = parse_answer(raw)
     if isinstance(parsed, HandshakeOutcome):
         return parsed

@@ -31,8 +31,11 @@ from parsec_server.backend.config import (
     StartupError,
 )
 
-# The protocol carries 1 MiB blocks (plus envelope); leave room for several per message.
-WS_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
+# The 2.0.0 client's largest request is about 1 MiB + 200 bytes (a vlob or re-encryption
+# blob at the 1 MiB bin limit; blocks are 512 KiB): 4 MiB leaves room for three such blobs,
+# and bounds what one message costs the transport (docs/frame-outcomes.md). A larger
+# message is closed with 1009.
+WS_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 
 def uvicorn_config(config: BackendConfig, app: BackendASGIApp) -> uvicorn.Config:
