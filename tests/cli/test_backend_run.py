@@ -255,6 +255,81 @@ def test_bad_connection_limit_is_a_usage_error(
     assert fake_server.configs == []
 
 
+# --- Metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_are_off_by_default(fake_server: FakeServer) -> None:
+    result = invoke(REQUIRED_ARGS)
+
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.metrics_address is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9100", ("::1", 9100)),
+        ("metrics.internal:65535", ("metrics.internal", 65535)),
+    ],
+)
+def test_metrics_address_sets_where_metrics_are_served(
+    fake_server: FakeServer, value: str, expected: tuple[str, int]
+) -> None:
+    result = invoke([*REQUIRED_ARGS, "--metrics-address", value])
+
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.metrics_address == expected
+
+
+def test_metrics_address_is_read_from_its_environment_variable(fake_server: FakeServer) -> None:
+    result = invoke(REQUIRED_ARGS, env={"PARSEC_METRICS_ADDRESS": "10.1.2.3:9200"})
+
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.metrics_address == ("10.1.2.3", 9200)
+
+
+@pytest.mark.parametrize(
+    "value", ["9100", "127.0.0.1", "127.0.0.1:", ":9100", "127.0.0.1:0", "127.0.0.1:65536",
+              "::1:9100", "127.0.0.1:port", "[::1]9100", ""],
+)  # fmt: skip
+def test_malformed_metrics_address_is_a_usage_error(fake_server: FakeServer, value: str) -> None:
+    result = invoke([*REQUIRED_ARGS, "--metrics-address", value])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--metrics-address'" in result.output
+    assert "HOST:PORT" in result.output
+    assert fake_server.configs == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--metrics-address", "127.0.0.1:6777"],
+        ["--metrics-address", "0.0.0.0:6777"],
+        ["-H", "0.0.0.0", "--metrics-address", "10.0.0.1:6777"],
+        ["-P", "9100", "--metrics-address", "127.0.0.1:9100"],
+    ],
+)
+def test_metrics_are_never_served_on_the_public_port(
+    fake_server: FakeServer, args: list[str]
+) -> None:
+    result = invoke([*REQUIRED_ARGS, *args])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--metrics-address'" in result.output
+    assert "must not be the server's own address" in result.output
+    assert fake_server.configs == []
+
+
+def test_metrics_may_share_the_port_number_on_another_address(fake_server: FakeServer) -> None:
+    result = invoke([*REQUIRED_ARGS, "--metrics-address", "10.0.0.1:6777"])
+
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.metrics_address == ("10.0.0.1", 6777)
+
+
 def test_short_options_are_accepted(fake_server: FakeServer, logging_calls: LoggingCalls) -> None:
     args = [
         "-H", "0.0.0.0", "-P", "7000", "-b", "POSTGRESQL", "-l", "INFO", "-f", "JSON",

@@ -16,6 +16,7 @@ from parsec_server.backend.events import EventBus
 from parsec_server.backend.events_commands import EventsComponent
 from parsec_server.backend.invite import BaseInviteComponent
 from parsec_server.backend.message import BaseMessageComponent
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.ping import PingComponent
 from parsec_server.backend.realm import BaseRealmComponent
@@ -39,6 +40,8 @@ class BackendApp:
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
+    # What is measured (docs/deployment.md, Monitoring); does nothing without monitoring.
+    metrics: Metrics = NULL_METRICS
     # Handshake type ("authenticated_v2", "authenticated_v1", "invited", "anonymous",
     # "administration") -> the commands its connections may run.
 
@@ -56,22 +59,24 @@ class BackendApp:
 
 
 @contextlib.asynccontextmanager
-async def backend_app_factory(config: BackendConfig) -> AsyncIterator[BackendApp]:
+async def backend_app_factory(
+    config: BackendConfig, metrics: Metrics = NULL_METRICS
+) -> AsyncIterator[BackendApp]:
     """Build the app on the configured storage; raises StartupError before yielding if
     the database cannot be used."""
     if config.db_type == "MOCKED":
         from parsec_server.backend.storage.memory.factory import memory_components
 
-        async with memory_components(config) as components:
-            yield _assemble(config, components)
+        async with memory_components(config, metrics) as components:
+            yield _assemble(config, components, metrics)
     else:
         from parsec_server.backend.storage.postgresql.factory import postgresql_components
 
-        async with postgresql_components(config) as components:
-            yield _assemble(config, components)
+        async with postgresql_components(config, metrics) as components:
+            yield _assemble(config, components, metrics)
 
 
-def _assemble(config: BackendConfig, components: StorageComponents) -> BackendApp:
+def _assemble(config: BackendConfig, components: StorageComponents, metrics: Metrics) -> BackendApp:
     connections = ConnectionRegistry()
     return BackendApp(
         config=config,
@@ -85,6 +90,7 @@ def _assemble(config: BackendConfig, components: StorageComponents) -> BackendAp
         block=components.block,
         message=components.message,
         ping=PingComponent(components.event_bus),
-        events=EventsComponent(components.realm.realms_of_user, connections),
+        events=EventsComponent(components.realm.realms_of_user, connections, metrics),
         connections=connections,
+        metrics=metrics,
     )

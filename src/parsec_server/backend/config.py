@@ -119,6 +119,8 @@ class BackendConfig:
     # they have to complete it, and how many one peer address may have (0: no cap).
     http_header_timeout: float = 10.0
     max_pending_connections_per_peer: int = 100
+    # Where the Prometheus metrics are served (host, port); None: no metrics at all.
+    metrics_address: tuple[str, int] | None = None
 
     @property
     def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:

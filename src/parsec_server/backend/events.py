@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 import msgspec
 import structlog
 
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
+
 logger = structlog.get_logger("parsec.events")
 
 
@@ -149,9 +151,10 @@ class EventsMissed(Exception):
 class EventBus(ABC):
     """Publishes events to every server process of the cluster, this one included."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics = NULL_METRICS) -> None:
         self._listeners: list[EventListener] = []
         self._missed_listeners: list[EventsMissedListener] = []
+        self._metrics = metrics
 
     def connect(self, listener: EventListener) -> None:
         self._listeners.append(listener)
@@ -219,4 +222,5 @@ class MemoryEventBus(EventBus):
     """One process only (`--db MOCKED`)."""
 
     async def send(self, event: Event) -> None:
+        self._metrics.event_sent(event)
         self._dispatch(event)

@@ -11,6 +11,7 @@ from parsec_server.api.protocol.base import OK, Rep
 from parsec_server.api.protocol.events import EventsListenReq, EventsSubscribeReq
 from parsec_server.backend.client_context import AuthenticatedClientContext
 from parsec_server.backend.connections import ConnectionRegistry
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
 
 NO_EVENTS: Rep = {"status": "no_events"}
 
@@ -18,9 +19,15 @@ RealmsOfUser = Callable[[str, str], Awaitable[set[uuid.UUID]]]
 
 
 class EventsComponent:
-    def __init__(self, realms_of_user: RealmsOfUser, registry: ConnectionRegistry) -> None:
+    def __init__(
+        self,
+        realms_of_user: RealmsOfUser,
+        registry: ConnectionRegistry,
+        metrics: Metrics = NULL_METRICS,
+    ) -> None:
         self._realms_of_user = realms_of_user
         self._registry = registry
+        self._metrics = metrics
 
     async def api_events_subscribe(
         self, client: AuthenticatedClientContext, req: EventsSubscribeReq
@@ -34,6 +41,8 @@ class EventsComponent:
     async def api_events_listen(
         self, client: AuthenticatedClientContext, req: EventsListenReq
     ) -> Rep:
-        if not req.wait:
-            return client.events.pop() or NO_EVENTS
-        return await client.events.wait_next()
+        rep = client.events.pop() if not req.wait else await client.events.wait_next()
+        if rep is None:
+            return NO_EVENTS
+        self._metrics.event_delivered(rep["event"])
+        return rep

@@ -18,6 +18,7 @@ from parsec_server.api.addr import BackendInvitationAddr, InvitationAction
 from parsec_server.api.codec import ID
 from parsec_server.api.ids import InvitationType
 from parsec_server.backend.config import BackendConfig, MockedEmailConfig, SmtpEmailConfig
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
 
 if TYPE_CHECKING:
     from parsec_server.backend.invite import Invitation
@@ -135,8 +136,9 @@ def build_invitation_message(
 
 
 class InvitationMailer:
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, metrics: Metrics = NULL_METRICS) -> None:
         self._config = config
+        self._metrics = metrics
 
     async def send_invitation(self, organization_id: str, invitation: Invitation) -> None:
         """Failures are logged, never raised: the invitation exists whatever happens."""
@@ -148,11 +150,14 @@ class InvitationMailer:
             )
         except ValueError as exc:  # e.g. a claimer email with a line break
             logger.warning("invitation e-mail not sent", error=str(exc))
+            self._metrics.email_sent("failed")
             return
         if isinstance(email_config, MockedEmailConfig):
             await asyncio.to_thread(_write_mocked, email_config, message)
+            self._metrics.email_sent("mocked")
         else:
-            await _send_smtp(email_config, message, recipient)
+            sent = await _send_smtp(email_config, message, recipient)
+            self._metrics.email_sent("sent" if sent else "failed")
 
 
 def _write_mocked(config: MockedEmailConfig, message: EmailMessage) -> None:
@@ -169,7 +174,8 @@ You can find the message at: {f.name}""",
     )
 
 
-async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: str) -> None:
+async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: str) -> bool:
+    """True once the SMTP server accepted the message (a failure is logged)."""
     try:
         # aiosmtplib's own timeout bounds each network operation; ours bounds the whole
         # delivery (a server answering a line at a time cannot stretch it).
@@ -204,3 +210,6 @@ async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: 
             smtp_port=config.port,
             error=str(exc) or type(exc).__name__,
         )
+    else:
+        return True
+    return False

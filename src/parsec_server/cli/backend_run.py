@@ -115,6 +115,33 @@ def build_email_config(
     )
 
 
+_METRICS_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})")
+_ANY_ADDRESS = {"0.0.0.0", "::", ""}
+
+
+def parse_metrics_address(value: str) -> tuple[str, int]:
+    """`--metrics-address HOST:PORT` (`[IPv6]:PORT`); raises `click.BadParameter`."""
+    match = _METRICS_ADDRESS.fullmatch(value.strip())
+    port = int(match["port"]) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise option_error(
+            "metrics_address",
+            f"`{value}` is not a `HOST:PORT` address (e.g. `127.0.0.1:9100`, `[::1]:9100`)",
+        )
+    return (match["ipv6"] or match["host"], port)
+
+
+def check_metrics_address(metrics_address: tuple[str, int], host: str, port: int) -> None:
+    """The metrics are never served on the public port."""
+    metrics_host, metrics_port = metrics_address
+    if metrics_port == port and (
+        metrics_host == host or metrics_host in _ANY_ADDRESS or host in _ANY_ADDRESS
+    ):
+        raise option_error(
+            "metrics_address", f"must not be the server's own address ({host}:{port})"
+        )
+
+
 def _no_passphrase() -> bytes:
     # Without this, OpenSSL would prompt on the terminal for an encrypted key.
     return b""
@@ -162,6 +189,7 @@ def build_config(
     workers: int = 1,
     http_header_timeout: float = 10.0,
     max_pending_connections_per_peer: int = 100,
+    metrics_address: str | None = None,
 ) -> BackendConfig:
     """Validates the `run` options into the server's configuration.
 
@@ -172,6 +200,9 @@ def build_config(
     addr = parse_backend_addr(backend_addr)
     blockstore_config = parse_blockstore_params(blockstore)
     check_db_url(db)
+    metrics = None if metrics_address is None else parse_metrics_address(metrics_address)
+    if metrics is not None:
+        check_metrics_address(metrics, host, port)
     if db_min_connections > db_max_connections:
         raise option_error(
             "db_min_connections", f"must not exceed --db-max-connections ({db_max_connections})"
@@ -211,6 +242,7 @@ def build_config(
         # delay"): the HTTP request, then the protocol handshake after the upgrade.
         handshake_timeout=http_header_timeout,
         max_pending_connections_per_peer=max_pending_connections_per_peer,
+        metrics_address=metrics,
     )
 
 
@@ -512,6 +544,14 @@ option = functools.partial(click.option, show_envvar=True)
     help="Connections one address may have whose HTTP request or websocket upgrade is not "
     "complete yet, per server process; beyond, new ones are closed at once. "
     "0: no cap (needed behind a reverse proxy, where every client has the proxy's address)",
+)
+@option(
+    "--metrics-address",
+    envvar="PARSEC_METRICS_ADDRESS",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics, a listener of their own "
+    "(never the public port; with --workers, served by the parent process for all "
+    "workers). Off by default; keep it on a private network (no TLS, no authentication)",
 )
 def run(
     *,

@@ -3,6 +3,8 @@ in the domain components."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from parsec_server.api.protocol import apiv1_invite as apiv1_proto
 from parsec_server.api.protocol import block as block_proto
 from parsec_server.api.protocol import events as events_proto
@@ -24,6 +26,7 @@ from parsec_server.backend.client_context import (
     ClientContext,
     InvitedClientContext,
 )
+from parsec_server.backend.metrics import Metrics
 from parsec_server.backend.realm import refuse_outsider_realm_creation
 from parsec_server.backend.user import refuse_outsider, require_admin
 
@@ -34,7 +37,10 @@ class CommandTables:
     def __init__(self, app: BackendApp) -> None:
         # The commands of each handshake type (also walked by the field-limits tests).
         self.commands = _commands(app)
-        self.tables = {kind: CommandTable(commands) for kind, commands in self.commands.items()}
+        self.tables = {
+            kind: CommandTable(_measured(commands, app.metrics))
+            for kind, commands in self.commands.items()
+        }
 
     def for_client(self, client: ClientContext) -> CommandTable:
         if isinstance(client, AuthenticatedClientContext):
@@ -45,6 +51,22 @@ class CommandTables:
             return self.tables["anonymous"]
         assert isinstance(client, AdministrationClientContext)
         return self.tables["administration"]
+
+
+def _measured(commands: list[Command], metrics: Metrics) -> list[Command]:
+    """With monitoring on, the commands with their handlers measured (nothing added to
+    a command's path otherwise)."""
+    if not metrics.enabled:
+        return commands
+    return [
+        replace(
+            command,
+            handler=metrics.instrument_command(
+                command.name, command.handler, waits=command.breathing or command.waits_for_peer
+            ),
+        )
+        for command in commands
+    ]
 
 
 def _step(req_type: type[Req], handler: Handler) -> Command:

@@ -20,7 +20,7 @@ import structlog
 
 from parsec_server.api import codec
 from parsec_server.api.crypto import random_challenge
-from parsec_server.api.handshake import challenge_frame
+from parsec_server.api.handshake import HandshakeResult, challenge_frame
 from parsec_server.api.protocol.base import Rep
 from parsec_server.backend.asgi.dispatch import (
     INVALID_MSG_FORMAT,
@@ -45,6 +45,7 @@ from parsec_server.backend.client_context import (
     loggable,
 )
 from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
+from parsec_server.backend.metrics import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
     from parsec_server.api.protocol.base import Req
@@ -94,6 +95,8 @@ class ClientConnection:
 
     async def serve(self) -> None:
         self._task = asyncio.current_task()
+        metrics = self._app.metrics
+        metrics.connection_opened()
         try:
             await self._serve()
         except WebSocketClosed:
@@ -103,8 +106,10 @@ class ClientConnection:
                 raise
             assert self._task is not None
             self._task.uncancel()
+            metrics.connection_closed_by_server(self._close_code)
             await self._ws.close(self._close_code)
         except CloseConnection as exc:
+            metrics.connection_closed_by_server(exc.code)
             await self._ws.close(exc.code)
         except Exception:
             # A bug or an infrastructure failure (database down...): this connection ends,
@@ -112,6 +117,7 @@ class ClientConnection:
             logger.exception("connection failed", **loggable(self.client))
             await self._ws.close(1011)
         finally:
+            metrics.connection_closed(self.client)
             if self.client is not None:
                 self._app.connections.unregister(self)
                 await self._app.on_client_disconnected(self.client)
@@ -125,18 +131,22 @@ class ClientConnection:
                 raw = await self._ws.receive()
         except TimeoutError:
             logger.info("no handshake answer in time, closing connection", timeout=timeout)
+            self._app.metrics.handshake_done(HANDSHAKE_TIMEOUT)
             await self._ws.close(HANDSHAKE_TIMEOUT_CLOSE_CODE)
             return
         if raw is TEXT_FRAME:
+            self._app.metrics.handshake_done(HandshakeResult.BAD_PROTOCOL)
             await self._reply_invalid_format_and_close()
             return
         assert isinstance(raw, bytes)
         outcome = await do_handshake(self._app, challenge, raw)
+        self._app.metrics.handshake_done(outcome.result)
         await self._ws.send(outcome.frame)
         if outcome.client is None:
             await self._ws.close(1000)
             return
         self.client = outcome.client
+        self._app.metrics.connection_identified(outcome.client)
         self._app.connections.register(self)
         await self._app.on_client_connected(outcome.client)
         await self._command_loop(self._tables.for_client(outcome.client), outcome.client)
@@ -154,6 +164,7 @@ class ClientConnection:
                 await self._reply_invalid_format_and_close()
                 return
             if isinstance(parsed, dict):
+                self._app.metrics.request_refused(parsed["status"])
                 await self._ws.send(codec.encode(parsed))
                 continue
             command, req = parsed
@@ -252,5 +263,6 @@ class ClientConnection:
 
     async def _reply_invalid_format_and_close(self) -> None:
         logger.info("invalid message format, closing connection")
+        self._app.metrics.request_refused(INVALID_MSG_FORMAT["status"])
         await self._ws.send(codec.encode(INVALID_MSG_FORMAT))
         await self._ws.close(1000)

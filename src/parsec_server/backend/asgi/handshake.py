@@ -44,10 +44,11 @@ class HandshakeOutcome:
 
     frame: bytes
     client: ClientContext | None = None
+    result: HandshakeResult = HandshakeResult.OK
 
 
 def _failed(result: HandshakeResult, help: str | None = None) -> HandshakeOutcome:
-    return HandshakeOutcome(result_frame(result, help))
+    return HandshakeOutcome(result_frame(result, help), result=result)
 
 
 def _errors_text(exc: Exception) -> str:

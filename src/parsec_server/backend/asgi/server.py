@@ -23,6 +23,8 @@ from parsec_server.backend.asgi.limits import (
     descriptor_warning_floor,
     http_protocol_class,
 )
+from parsec_server.backend.asgi.metrics import running_metrics
+from parsec_server.backend.asgi.metrics_server import parent_metrics
 from parsec_server.backend.config import (
     BackendConfig,
     BlockstoreConfig,
@@ -122,7 +124,10 @@ async def running_backend(
 ) -> AsyncIterator[tuple[BackendApp, int]]:
     """Serve in the background for the duration of the block; yields (app, port).
     Used by tests and benchmarks; `port=0` in the config picks a free port."""
-    async with backend_app_factory(config) as backend:
+    async with (
+        running_metrics(config) as metrics,
+        backend_app_factory(config, metrics) as backend,
+    ):
         server = make_server(config, BackendASGIApp(backend))
         uv_config = server.config
         uv_config.load()
@@ -156,7 +161,10 @@ async def _stop(server: uvicorn.Server) -> None:
 
 async def serve(config: BackendConfig, sock: socket.socket | None = None) -> None:
     """Serve until interrupted (raises StartupError before listening on a bad setup)."""
-    async with backend_app_factory(config) as backend:
+    async with (
+        running_metrics(config) as metrics,
+        backend_app_factory(config, metrics) as backend,
+    ):
         server = make_server(config, BackendASGIApp(backend))
         await server.serve(sockets=[sock] if sock is not None else None)
 
@@ -192,6 +200,8 @@ def run_server(config: BackendConfig) -> None:
     uvloop.run(_check_storage(config))
     sock = socket.create_server((config.host, config.port), reuse_port=False, backlog=2048)
     sock.set_inheritable(True)
+    # Before forking: the workers inherit where to write their metrics.
+    metrics = parent_metrics(config)
     context = multiprocessing.get_context("fork")
     workers = [
         context.Process(target=_worker, args=(config, sock), name=f"parsec-worker-{i}")
@@ -199,6 +209,8 @@ def run_server(config: BackendConfig) -> None:
     ]
     for worker in workers:
         worker.start()
+    if metrics is not None:
+        metrics.serve(workers)
 
     def stop_workers(signum: int, frame: object) -> None:
         for worker in workers:
@@ -218,3 +230,5 @@ def run_server(config: BackendConfig) -> None:
         raise
     finally:
         sock.close()
+        if metrics is not None:
+            metrics.close()

@@ -4,6 +4,7 @@
 Swift check their bucket/container: StartupError, with a one-line message, if they
 cannot be used, and the server does not start) and closes it (its connections) at exit.
 A RAID set is refused before any node starts if two of its nodes share a storage.
+With monitoring on, every store (each RAID node, and the set) reports its calls.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from parsec_server.backend.blockstore.base import BlockStore
+from parsec_server.backend.blockstore.measured import MeasuredBlockStore
 from parsec_server.backend.blockstore.memory import MemoryBlockStore
 from parsec_server.backend.blockstore.node_storage import check_raid_nodes_distinct
 from parsec_server.backend.blockstore.remote import DEFAULT_TIMEOUTS, RemoteTimeouts
@@ -26,6 +28,7 @@ from parsec_server.backend.config import (
     StartupError,
     SwiftBlockstoreConfig,
 )
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
 
 
 @contextlib.asynccontextmanager
@@ -33,12 +36,20 @@ async def blockstore_factory(
     config: BlockstoreConfig,
     postgresql_pool: Any | None,
     timeouts: RemoteTimeouts = DEFAULT_TIMEOUTS,
+    metrics: Metrics = NULL_METRICS,
 ) -> AsyncIterator[BlockStore]:
     async with contextlib.AsyncExitStack() as stack:
         if isinstance(config, RaidBlockstoreConfig):
-            yield await _start_raid(config, postgresql_pool, timeouts, stack)
+            yield await _start_raid(config, postgresql_pool, timeouts, stack, metrics)
         else:
-            yield await _start_single(config, postgresql_pool, timeouts, stack)
+            yield await _start_single(config, postgresql_pool, timeouts, stack, metrics)
+
+
+def _measured(store: BlockStore, type_name: str, metrics: Metrics) -> BlockStore:
+    if not metrics.enabled:
+        return store
+    backend = "memory" if type_name == "MOCKED" else type_name.lower()
+    return MeasuredBlockStore(store, backend, metrics)
 
 
 async def _start_raid(
@@ -46,6 +57,7 @@ async def _start_raid(
     postgresql_pool: Any | None,
     timeouts: RemoteTimeouts,
     stack: contextlib.AsyncExitStack,
+    metrics: Metrics,
 ) -> BlockStore:
     from parsec_server.backend.blockstore.raid import (
         Raid0BlockStore,
@@ -59,17 +71,21 @@ async def _start_raid(
     nodes: list[BlockStore] = []
     for index, node_config in enumerate(config.nodes):
         try:
-            nodes.append(await _start_single(node_config, postgresql_pool, timeouts, stack))
+            nodes.append(
+                await _start_single(node_config, postgresql_pool, timeouts, stack, metrics)
+            )
         except StartupError as exc:
             raise StartupError(f"{config.mode} node {index}: {exc}") from exc
     # Each node is closed by the exit stack (also when a later node fails to start).
+    raid: BlockStore
     match config.mode:
         case "RAID0":
-            return Raid0BlockStore(nodes)
+            raid = Raid0BlockStore(nodes)
         case "RAID1":
-            return Raid1BlockStore(nodes)
+            raid = Raid1BlockStore(nodes)
         case "RAID5":
-            return Raid5BlockStore(nodes)
+            raid = Raid5BlockStore(nodes)
+    return _measured(raid, config.mode, metrics)
 
 
 async def _start_single(
@@ -77,6 +93,7 @@ async def _start_single(
     postgresql_pool: Any | None,
     timeouts: RemoteTimeouts,
     stack: contextlib.AsyncExitStack,
+    metrics: Metrics,
 ) -> BlockStore:
     store: BlockStore
     match config:
@@ -97,4 +114,4 @@ async def _start_single(
 
             store = await SwiftBlockStore.start(config, timeouts)
     stack.push_async_callback(store.close)
-    return store
+    return _measured(store, config.type_name, metrics)

@@ -7,6 +7,7 @@ from parsec_server.backend.blockstore.factory import blockstore_factory
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import EventWaiters, MemoryEventBus
 from parsec_server.backend.invite_email import InvitationMailer
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.storage.memory.apiv1_invite import MemoryAPIV1InviteComponent
 from parsec_server.backend.storage.memory.block import MemoryBlockComponent
@@ -21,20 +22,24 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 
 
 @contextlib.asynccontextmanager
-async def memory_components(config: BackendConfig) -> AsyncIterator[StorageComponents]:
+async def memory_components(
+    config: BackendConfig, metrics: Metrics = NULL_METRICS
+) -> AsyncIterator[StorageComponents]:
     data = MemoryDatamodel()
-    event_bus = MemoryEventBus()
+    event_bus = MemoryEventBus(metrics)
     webhook = BootstrapWebhook(
         config.organization_bootstrap_webhook, config.organization_bootstrap_webhook_timeout
     )
     organization = MemoryOrganizationComponent(data, event_bus, webhook)
     user = MemoryUserComponent(data, event_bus)
-    async with blockstore_factory(config.blockstore, None) as blockstore:
+    async with blockstore_factory(config.blockstore, None, metrics=metrics) as blockstore:
         yield StorageComponents(
             event_bus=event_bus,
             organization=organization,
             user=user,
-            invite=MemoryInviteComponent(data, organization, event_bus, InvitationMailer(config)),
+            invite=MemoryInviteComponent(
+                data, organization, event_bus, InvitationMailer(config, metrics)
+            ),
             apiv1_invite=MemoryAPIV1InviteComponent(data, event_bus, EventWaiters(event_bus), user),
             realm=MemoryRealmComponent(data, event_bus),
             vlob=MemoryVlobComponent(data, event_bus),

@@ -24,6 +24,7 @@ import structlog
 
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import Event, EventBus, event_from_json, event_to_json
+from parsec_server.backend.metrics import NULL_METRICS, Metrics
 from parsec_server.backend.storage.postgresql.pool import CONNECT_ERRORS, connect_with_retries
 
 logger = structlog.get_logger("parsec.events")
@@ -58,8 +59,10 @@ def split_payload(payload: str, size: int = CHUNK_SIZE) -> list[str]:
 
 
 class PostgreSQLEventBus(EventBus):
-    def __init__(self, config: BackendConfig, pool: asyncpg.Pool) -> None:
-        super().__init__()
+    def __init__(
+        self, config: BackendConfig, pool: asyncpg.Pool, metrics: Metrics = NULL_METRICS
+    ) -> None:
+        super().__init__(metrics)
         self._config = config
         self._pool = pool
         self._listener: asyncpg.Connection | None = None
@@ -79,10 +82,11 @@ class PostgreSQLEventBus(EventBus):
         payload = event_to_json(event)
         if len(payload) * 4 <= MAX_PAYLOAD_SIZE or len(payload.encode()) <= MAX_PAYLOAD_SIZE:
             await self._pool.execute(_SQL_NOTIFY, CHANNEL, payload)
-            return
-        chunks = split_payload(payload)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(_SQL_NOTIFY, [(CHANNEL, chunk) for chunk in chunks])
+        else:
+            chunks = split_payload(payload)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.executemany(_SQL_NOTIFY, [(CHANNEL, chunk) for chunk in chunks])
+        self._metrics.event_sent(event)
 
     def _on_notification(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if conn is not self._listener:
@@ -187,9 +191,9 @@ class PostgreSQLEventBus(EventBus):
 
 @contextlib.asynccontextmanager
 async def postgresql_event_bus(
-    config: BackendConfig, pool: asyncpg.Pool
+    config: BackendConfig, pool: asyncpg.Pool, metrics: Metrics = NULL_METRICS
 ) -> AsyncIterator[PostgreSQLEventBus]:
-    bus = PostgreSQLEventBus(config, pool)
+    bus = PostgreSQLEventBus(config, pool, metrics)
     await bus._listen()
     watcher = asyncio.create_task(bus.keep_listening())
     try:

@@ -10,6 +10,7 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import structlog
 
 from parsec_server.backend.config import BackendConfig, StartupError
+from parsec_server.backend.metrics import PoolStats
 from parsec_server.backend.storage.postgresql.migrations import check_migrations_applied
 
 logger = structlog.get_logger("parsec.postgresql")
@@ -57,3 +58,14 @@ async def postgresql_pool(config: BackendConfig) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+def pool_stats(pool: asyncpg.Pool) -> PoolStats:
+    """The pool right now, for the monitoring (a few attribute reads: `max_size` holders).
+    The waiting acquisitions are the futures parked in the pool's queue of free
+    connections (asyncpg has no public counter for them)."""
+    size: int = pool.get_size()
+    idle: int = pool.get_idle_size()
+    getters = getattr(getattr(pool, "_queue", None), "_getters", ())
+    waiting = sum(1 for getter in getters if not getter.done())
+    return PoolStats(in_use=size - idle, idle=idle, waiting=waiting, max_size=pool.get_max_size())
