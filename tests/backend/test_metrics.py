@@ -656,14 +656,14 @@ async def test_metrics_address_in_use_fails_at_start_up() -> None:
 async def test_without_metrics_address_nothing_is_measured(server: RunningServer) -> None:
     assert server.app.metrics is NULL_METRICS
     tables = CommandTables(server.app)
-    table = tables._tables["administration"]
+    table = tables.tables["administration"]
     assert table._by_name["ping"].handler == server.app.ping.api_ping  # not wrapped
 
 
 async def test_with_metrics_address_commands_are_wrapped() -> None:
     async with memory_mserver() as server:
         tables = CommandTables(server.app)
-        assert tables._tables["administration"]._by_name["ping"].handler != (
+        assert tables.tables["administration"]._by_name["ping"].handler != (
             server.app.ping.api_ping
         )
         # The command lists walked by the field-limits tests keep the original handlers.
