@@ -31,6 +31,7 @@ from parsec_server.backend.config import (
     RaidBlockstoreConfig,
     S3BlockstoreConfig,
     SmtpEmailConfig,
+    StartupError,
 )
 from parsec_server.cli import backend_run
 from parsec_server.client.realm import create_realm
@@ -356,6 +357,15 @@ def test_before_send_drops_request_user_extras_variables_and_breadcrumb_data() -
         "breadcrumbs": {"values": [{"message": "m"}]},
         "contexts": {"log": {"organization": "Org1", "note": "pass=[Filtered]"}},
     }
+
+
+def test_start_up_errors_are_not_reported() -> None:
+    """They are the operator's to fix (reported without traceback, or seen by the uncaught
+    exception hook with `--debug`)."""
+    error = StartupError("Database not initialized")
+    hint = {"exc_info": (StartupError, error, None)}
+    assert sentry._before_send((), {"exception": {"values": []}}, hint) is None
+    assert sentry._before_send((), {"message": "x"}, {}) == {"message": "x"}
 
 
 def test_device_ids_are_not_mistaken_for_email_addresses() -> None:

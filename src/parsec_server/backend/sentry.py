@@ -44,6 +44,7 @@ from parsec_server.backend.config import (
     S3BlockstoreConfig,
     SingleBlockstoreConfig,
     SmtpEmailConfig,
+    StartupError,
     SwiftBlockstoreConfig,
 )
 
@@ -277,7 +278,10 @@ def _install_handler(handler: SentryLogHandler | None) -> None:
 _DROPPED_EVENT_KEYS = ("request", "user", "extra", "modules", "spans")
 
 
-def _before_send(secrets: tuple[str, ...], event: Any, _hint: Any) -> Any:
+def _before_send(secrets: tuple[str, ...], event: Any, hint: Any) -> Any:
+    exc_info = (hint or {}).get("exc_info")
+    if exc_info and isinstance(exc_info[1], StartupError):
+        return None  # the operator's to fix (seen uncaught with --debug), not a failure
     for key in _DROPPED_EVENT_KEYS:
         event.pop(key, None)
     for container in ("exception", "threads"):
