@@ -80,7 +80,7 @@ class LoggingCalls:
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("PARSEC_"):
+        if name.startswith("PARSEC_") or name in ("SENTRY_ENVIRONMENT", "FORWARDED_ALLOW_IPS"):
             monkeypatch.delenv(name)
 
 
@@ -95,6 +95,14 @@ def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def logging_calls(monkeypatch: pytest.MonkeyPatch) -> LoggingCalls:
     calls = LoggingCalls()
     monkeypatch.setattr(backend_run, "configure_logging", calls)
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def sentry_calls(monkeypatch: pytest.MonkeyPatch) -> LoggingCalls:
+    """Stands for `init_sentry` (the real one is tested in tests/backend/test_sentry.py)."""
+    calls = LoggingCalls()
+    monkeypatch.setattr(backend_run, "init_sentry", calls)
     return calls
 
 
@@ -182,6 +190,8 @@ def test_minimal_command_line_uses_the_documented_defaults(
     assert config.organization_bootstrap_webhook is None
     assert (config.ssl_certfile, config.ssl_keyfile) == (None, None)
     assert (config.debug, config.workers, config.sentry_url) == (False, 1, None)
+    assert config.sentry_environment == "production"
+    assert config.proxy_trusted_addresses == ()
     assert (config.http_header_timeout, config.max_pending_connections_per_peer) == (10.0, 100)
     assert isinstance(config.email, MockedEmailConfig)
     assert config.email.sender == "no-reply@parsec.com"
@@ -371,6 +381,13 @@ def test_short_options_are_accepted(fake_server: FakeServer, logging_calls: Logg
         ("PARSEC_MAX_PENDING_CONNECTIONS_PER_PEER", "7", "max_pending_connections_per_peer", 7),
         ("PARSEC_SENTRY_URL", "https://k@sentry.example.com/1", "sentry_url",
          "https://k@sentry.example.com/1"),
+        ("PARSEC_SENTRY_DSN", "https://k@sentry.example.com/2", "sentry_url",
+         "https://k@sentry.example.com/2"),
+        ("PARSEC_SENTRY_ENVIRONMENT", "staging", "sentry_environment", "staging"),
+        ("SENTRY_ENVIRONMENT", "preprod", "sentry_environment", "preprod"),
+        ("PARSEC_PROXY_TRUSTED_ADDRESSES", "10.0.0.1,10.1.0.0/16", "proxy_trusted_addresses",
+         ("10.0.0.1", "10.1.0.0/16")),
+        ("FORWARDED_ALLOW_IPS", "127.0.0.1", "proxy_trusted_addresses", ("127.0.0.1",)),
     ],
 )  # fmt: skip
 def test_optional_setting_is_read_from_its_environment_variable(
@@ -1016,21 +1033,89 @@ def test_unwritable_log_file_fails_at_start_up(
     )
 
 
-def test_sentry_url_is_accepted_with_a_warning(fake_server: FakeServer) -> None:
+@pytest.mark.parametrize("option", ["--sentry-url", "--sentry-dsn"])
+def test_sentry_is_started_with_the_configuration_before_the_server(
+    option: str, fake_server: FakeServer, sentry_calls: LoggingCalls
+) -> None:
+    args = [option, "https://key@sentry.example.com/1", "--sentry-environment", "staging"]
     with structlog.testing.capture_logs() as logs:
-        result = invoke([*REQUIRED_ARGS, "--sentry-url", "https://key@sentry.example.com/1"])
+        result = invoke([*REQUIRED_ARGS, *args])
 
     assert result.exit_code == 0, result.output
-    assert fake_server.config.sentry_url == "https://key@sentry.example.com/1"
-    assert [log["log_level"] for log in logs] == ["warning"]
-    assert "Sentry reporting is not supported" in logs[0]["event"]
+    config = fake_server.config
+    assert (config.sentry_url, config.sentry_environment) == (
+        "https://key@sentry.example.com/1",
+        "staging",
+    )
+    assert sentry_calls.calls == [(config,)]
+    assert logs == []  # no more "not supported" warning
 
 
-def test_no_sentry_warning_without_sentry_url(fake_server: FakeServer) -> None:
-    with structlog.testing.capture_logs() as logs:
-        invoke(REQUIRED_ARGS)
+def test_sentry_environment_variable_of_ours_beats_the_sdk_one(fake_server: FakeServer) -> None:
+    result = invoke(
+        REQUIRED_ARGS, env={"PARSEC_SENTRY_ENVIRONMENT": "ours", "SENTRY_ENVIRONMENT": "sdk"}
+    )
 
-    assert logs == []
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.sentry_environment == "ours"
+
+
+@pytest.mark.parametrize("url", ["not a url", "https://sentry.example.com/1", "ftp://k@x/1"])
+def test_malformed_sentry_url_is_a_usage_error(url: str, fake_server: FakeServer) -> None:
+    result = invoke([*REQUIRED_ARGS, "--sentry-url", url])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--sentry-url' / '--sentry-dsn'" in result.output
+    assert "not a Sentry DSN" in result.output
+    assert fake_server.configs == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10.0.0.1", ("10.0.0.1",)),
+        ("10.0.0.1, 192.168.0.0/16  ::1", ("10.0.0.1", "192.168.0.0/16", "::1")),
+        ("10.1.2.3/8,10.0.0.0/8", ("10.0.0.0/8",)),
+        ("*", ("*",)),
+        ("", ()),
+    ],
+)
+def test_proxy_trusted_addresses_are_parsed(
+    value: str, expected: tuple[str, ...], fake_server: FakeServer
+) -> None:
+    result = invoke([*REQUIRED_ARGS, "--proxy-trusted-addresses", value])
+
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.proxy_trusted_addresses == expected
+
+
+def test_proxy_trusted_addresses_of_ours_beat_uvicorn_variable(fake_server: FakeServer) -> None:
+    result = invoke(
+        REQUIRED_ARGS,
+        env={"PARSEC_PROXY_TRUSTED_ADDRESSES": "10.0.0.1", "FORWARDED_ALLOW_IPS": "10.0.0.2"},
+    )
+
+    assert result.exit_code == 0, result.output
+    assert fake_server.config.proxy_trusted_addresses == ("10.0.0.1",)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10.0.0.1,proxy.local", "`proxy.local` is neither an IP address nor a network"),
+        ("10.0.0.0/33", "`10.0.0.0/33` is neither an IP address nor a network"),
+        ("*,10.0.0.1", "`*` (every peer) cannot be combined with addresses"),
+    ],
+)
+def test_bad_proxy_trusted_address_is_a_usage_error(
+    value: str, message: str, fake_server: FakeServer
+) -> None:
+    result = invoke([*REQUIRED_ARGS, "--proxy-trusted-addresses", value])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--proxy-trusted-addresses'" in result.output
+    assert message in result.output
+    assert fake_server.configs == []
 
 
 # --- Server outcome ------------------------------------------------------------------------

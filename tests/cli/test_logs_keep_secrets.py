@@ -242,6 +242,7 @@ async def test_logs_of_a_full_scenario_hold_no_secret(
 
     logs = server.log_file.read_text()
     assert "bootstrap webhook" in logs  # the scenario did log something
+    assert '"event": "Request"' in logs  # the request lines are searched too
     assert f"127.0.0.1:{webhook.port}/parsec-hook" in logs  # where the hook is, not its secrets
     for token in secrets[-3:]:
         # The tokens as hex and as UUIDs.

@@ -114,7 +114,12 @@ class BackendConfig:
     ssl_keyfile: Path | None = None
     debug: bool = False
     workers: int = 1
-    sentry_url: str | None = None  # accepted for compatibility; Sentry is not supported
+    # Sentry DSN: unexpected errors are reported there (backend/sentry.py); None: not at all.
+    sentry_url: str | None = field(default=None, repr=False)
+    sentry_environment: str = "production"
+    # Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` headers are believed: IP addresses,
+    # networks (CIDR), or "*" for every peer (docs/deployment.md); empty: none.
+    proxy_trusted_addresses: tuple[str, ...] = ()
     # Connections that have not sent a complete request yet (docs/hardening.md): seconds
     # they have to complete it, and how many one peer address may have (0: no cap).
     http_header_timeout: float = 10.0

@@ -347,7 +347,9 @@ class BaseInviteComponent(ABC):
         try:
             await self.conduit_update(organization_id, token, greeter_user_id, step)
         except Exception:
-            logger.exception("cannot withdraw an abandoned step 1 key", token=str(token))
+            logger.exception(
+                "cannot withdraw an abandoned step 1 key", organization=organization_id
+            )
 
     async def _talk_and_listen(
         self,

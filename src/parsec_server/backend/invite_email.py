@@ -197,7 +197,6 @@ async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: 
     except TimeoutError:
         logger.warning(
             "invitation e-mail not sent",
-            to=recipient,
             smtp_host=config.host,
             smtp_port=config.port,
             error=f"no answer in {config.timeout:g} s",
@@ -208,7 +207,8 @@ async def _send_smtp(config: SmtpEmailConfig, message: EmailMessage, recipient: 
             "invitation e-mail not sent",
             smtp_host=config.host,
             smtp_port=config.port,
-            error=str(exc) or type(exc).__name__,
+            # A refused recipient is named in the exception (and often in the answer).
+            error=str(exc).replace(recipient, "<recipient>") or type(exc).__name__,
         )
     else:
         return True

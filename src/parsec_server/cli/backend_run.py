@@ -19,6 +19,7 @@ import click
 import structlog
 
 from parsec_server.api.addr import AddrError, BackendAddr
+from parsec_server.backend.asgi.proxy import parse_trusted_addresses
 from parsec_server.backend.config import (
     BackendConfig,
     EmailConfig,
@@ -26,6 +27,7 @@ from parsec_server.backend.config import (
     SmtpEmailConfig,
     StartupError,
 )
+from parsec_server.backend.sentry import DEFAULT_ENVIRONMENT, check_dsn, init_sentry
 from parsec_server.cli.blockstore_params import check_blockstore_usable, parse_blockstore_params
 from parsec_server.cli.logging_setup import (
     LOG_FORMATS,
@@ -81,6 +83,23 @@ def parse_backend_addr(url: str) -> BackendAddr:
             "backend_addr",
             f"`{url}` is not a valid `parsec://host[:port][?no_ssl=true]` URL ({exc})",
         ) from None
+
+
+def check_sentry_url(url: str | None) -> None:
+    if url:
+        try:
+            check_dsn(url)
+        except ValueError as exc:
+            raise option_error("sentry_url", f"not a Sentry DSN ({exc})") from None
+
+
+def parse_proxy_trusted_addresses(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    try:
+        return parse_trusted_addresses(text)
+    except ValueError as exc:
+        raise option_error("proxy_trusted_addresses", str(exc)) from None
 
 
 def check_db_url(db_url: str) -> None:
@@ -185,6 +204,8 @@ def build_config(
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
     sentry_url: str | None = None,
+    sentry_environment: str = DEFAULT_ENVIRONMENT,
+    proxy_trusted_addresses: str | None = None,
     debug: bool = False,
     workers: int = 1,
     http_header_timeout: float = 10.0,
@@ -203,6 +224,8 @@ def build_config(
     metrics = None if metrics_address is None else parse_metrics_address(metrics_address)
     if metrics is not None:
         check_metrics_address(metrics, host, port)
+    check_sentry_url(sentry_url)
+    trusted_proxies = parse_proxy_trusted_addresses(proxy_trusted_addresses)
     if db_min_connections > db_max_connections:
         raise option_error(
             "db_min_connections", f"must not exceed --db-max-connections ({db_max_connections})"
@@ -237,6 +260,8 @@ def build_config(
         debug=debug,
         workers=workers,
         sentry_url=sentry_url,
+        sentry_environment=sentry_environment,
+        proxy_trusted_addresses=trusted_proxies,
         http_header_timeout=http_header_timeout,
         # One delay for every step before a connection is established (issue: "the same
         # delay"): the HTTP request, then the protocol handshake after the upgrade.
@@ -500,8 +525,27 @@ option = functools.partial(click.option, show_envvar=True)
 )
 @option(
     "--sentry-url",
-    envvar="PARSEC_SENTRY_URL",
-    help="Accepted for compatibility; Sentry reporting is not supported by this server",
+    "--sentry-dsn",
+    "sentry_url",
+    envvar=["PARSEC_SENTRY_URL", "PARSEC_SENTRY_DSN"],
+    metavar="URL",
+    help="Sentry DSN: unexpected errors are reported there (never a payload, key or token)",
+)
+@option(
+    "--sentry-environment",
+    envvar=["PARSEC_SENTRY_ENVIRONMENT", "SENTRY_ENVIRONMENT"],
+    metavar="NAME",
+    default=DEFAULT_ENVIRONMENT,
+    show_default=True,
+    help="Environment name of the Sentry reports",
+)
+@option(
+    "--proxy-trusted-addresses",
+    envvar=["PARSEC_PROXY_TRUSTED_ADDRESSES", "FORWARDED_ALLOW_IPS"],
+    metavar="ADDRESSES",
+    help="Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto headers are believed: "
+    "IP addresses or networks (10.0.0.0/8), separated by commas or spaces, or `*` for every "
+    "peer [default: none]",
 )
 @option(
     "--debug",
@@ -569,7 +613,6 @@ def run(
         config = build_config(**params)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
-    if config.sentry_url:
-        logger.warning("Sentry reporting is not supported by this server: --sentry-url ignored")
+    init_sentry(config)
     click.echo(config.startup_line())
     _serve(config)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["CONSOLE", "JSON"]
@@ -78,11 +79,29 @@ def _renderer(log_format: LogFormat, to_terminal: bool) -> list[Processor]:
     ]
 
 
+class _TimeStamper:
+    """Adds `timestamp`, UTC in `TIMESTAMP_FORMAT` as structlog's `TimeStamper` would, but
+    formats it once per second instead of once per record (request lines are many)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, _logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+        second = int(time.time())
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, time.strftime(TIMESTAMP_FORMAT, time.gmtime(second)))
+        event_dict["timestamp"] = last[1]
+        return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt=TIMESTAMP_FORMAT),
+        _TimeStamper(),
     ]
 
 
@@ -127,6 +146,13 @@ def configure_logging(
         previous.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # Nothing rendered uses the caller's file and line, the thread or the process of a
+    # record: not looking them up takes microseconds off each one (Python's logging HOWTO,
+    # "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
     structlog.configure(
         processors=[

@@ -3,13 +3,16 @@ small router of http_routes."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
 
 from parsec_server.backend.app import BackendApp
+from parsec_server.backend.asgi import request_log
 from parsec_server.backend.asgi.commands import CommandTables
 from parsec_server.backend.asgi.connection import ClientConnection
+from parsec_server.backend.asgi.proxy import peer_address
 from parsec_server.backend.asgi.routes import route_http
 from parsec_server.backend.asgi.websocket import AsgiWebSocket
 
@@ -26,17 +29,20 @@ class BackendASGIApp:
         if kind == "websocket":
             ws = AsgiWebSocket(receive, send)
             if await ws.accept():
-                await ClientConnection(self.backend, self._tables, ws).serve()
+                connection = ClientConnection(self.backend, self._tables, ws, peer_address(scope))
+                await connection.serve()
         elif kind == "http":
             await self._http(scope, send)
         elif kind == "lifespan":
             await _lifespan(receive, send)
 
     async def _http(self, scope: Any, send: Any) -> None:
+        started = time.perf_counter()
         raw_path = scope.get("raw_path") or scope["path"].encode("utf8")
+        path = raw_path.decode("latin-1")
         response = route_http(
             scope["method"],
-            raw_path.decode("latin-1"),
+            path,
             scope["query_string"].decode("latin-1"),
             self.backend.config.backend_addr,
             self.backend.config.debug,
@@ -45,6 +51,8 @@ class BackendASGIApp:
         headers = [*response.headers, (b"connection", b"close")]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
+        if request_log.enabled():
+            request_log.http_request(scope, scope["method"], path, response.status, started)
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

@@ -12,7 +12,6 @@ organization expired), which abandons whatever it is doing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from parsec_server.api import codec
 from parsec_server.api.crypto import random_challenge
 from parsec_server.api.handshake import HandshakeResult, challenge_frame
 from parsec_server.api.protocol.base import Rep
+from parsec_server.backend.asgi import request_log
 from parsec_server.backend.asgi.dispatch import (
     INVALID_MSG_FORMAT,
     Command,
@@ -42,7 +42,6 @@ from parsec_server.backend.client_context import (
     ClientContext,
     CloseConnection,
     InvitedClientContext,
-    loggable,
 )
 from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
 from parsec_server.backend.metrics import HANDSHAKE_TIMEOUT
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     from parsec_server.backend.asgi.commands import CommandTables
 
 logger = structlog.get_logger("parsec.connection")
-_level_check = logging.getLogger("parsec.connection")
 
 # Close code when the handshake answer does not come in time: policy violation (the peer
 # holds a connection without identifying itself).
@@ -61,7 +59,13 @@ HANDSHAKE_TIMEOUT_CLOSE_CODE = 1008
 
 
 class ClientConnection:
-    def __init__(self, app: BackendApp, tables: CommandTables, ws: AsgiWebSocket) -> None:
+    def __init__(
+        self,
+        app: BackendApp,
+        tables: CommandTables,
+        ws: AsgiWebSocket,
+        peer_address: str | None = None,
+    ) -> None:
         self._app = app
         self._tables = tables
         self._ws = ws
@@ -69,6 +73,7 @@ class ClientConnection:
         self._task: asyncio.Task[None] | None = None
         self._close_requested = False
         self._close_code = 1000
+        self._log = request_log.ConnectionLog(peer_address)
 
     # Called by the connection registry for every event of the connection's organization.
     def on_event(self, event: Event) -> None:
@@ -114,7 +119,7 @@ class ClientConnection:
         except Exception:
             # A bug or an infrastructure failure (database down...): this connection ends,
             # the server goes on serving the others.
-            logger.exception("connection failed", **loggable(self.client))
+            logger.exception("connection failed", **self._log.context())
             await self._ws.close(1011)
         finally:
             metrics.connection_closed(self.client)
@@ -147,6 +152,7 @@ class ClientConnection:
             return
         self.client = outcome.client
         self._app.metrics.connection_identified(outcome.client)
+        self._log.identified(outcome.client)
         self._app.connections.register(self)
         await self._app.on_client_connected(outcome.client)
         await self._command_loop(self._tables.for_client(outcome.client), outcome.client)
@@ -165,6 +171,8 @@ class ClientConnection:
                 return
             if isinstance(parsed, dict):
                 self._app.metrics.request_refused(parsed["status"])
+                if request_log.enabled():
+                    self._log.command(None, parsed.get("status"), time.perf_counter())
                 await self._ws.send(codec.encode(parsed))
                 continue
             command, req = parsed
@@ -184,23 +192,26 @@ class ClientConnection:
     async def _run(self, command: Command, client: ClientContext, req: Req) -> Rep:
         # Hot path: a dropped structlog call still costs microseconds, the stdlib level
         # check (cached by logging) almost nothing.
-        if not _level_check.isEnabledFor(logging.DEBUG):
+        if not request_log.enabled():
             return await command.handler(client, req)
         started = time.perf_counter()
-        rep = await command.handler(client, req)
-        logger.debug(
-            "command",
-            cmd=command.name,
-            status=rep.get("status"),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return rep
+        status: object = "error"  # an exception closes the connection (1011)
+        try:
+            rep = await command.handler(client, req)
+            status = rep.get("status")
+            return rep
+        except asyncio.CancelledError:
+            status = "cancelled"  # the connection is closing
+            raise
+        finally:
+            self._log.command(command.name, status, started)
 
     async def _run_breathing(
         self, command: Command, client: ClientContext, req: Req
     ) -> tuple[Rep | None, bytes | None]:
         """Run a waiting command while reading the socket: (reply, None) if it finished
         first, (None, new request frame) if the client sent something else first."""
+        started = time.perf_counter() if request_log.enabled() else None
         work = asyncio.ensure_future(command.handler(client, req))
         reader = asyncio.ensure_future(self._ws.receive())
         try:
@@ -211,6 +222,8 @@ class ClientConnection:
                 if not task.done():
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+            if started is not None:
+                self._log_breathing(command, work, started)
         if not new_request:
             return work.result(), None
         if work_finished:
@@ -222,6 +235,15 @@ class ClientConnection:
             raise WebSocketClosed()
         assert isinstance(new_frame, bytes)
         return None, new_frame
+
+    def _log_breathing(self, command: Command, work: asyncio.Future[Rep], started: float) -> None:
+        if not work.done() or work.cancelled():
+            status: object = "abandoned"  # by a new request (no reply), or by the closing
+        elif work.exception() is not None:
+            status = "error"
+        else:
+            status = work.result().get("status")
+        self._log.command(command.name, status, started)
 
     async def _run_watched(
         self, command: Command, client: ClientContext, req: Req

@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 import uvicorn
 import uvloop
 
@@ -32,6 +33,9 @@ from parsec_server.backend.config import (
     RaidBlockstoreConfig,
     StartupError,
 )
+from parsec_server.backend.sentry import init_sentry
+
+logger = structlog.get_logger(__name__)
 
 # The 2.0.0 client's largest request is about 1 MiB + 200 bytes (a vlob or re-encryption
 # blob at the 1 MiB bin limit; blocks are 512 KiB): 4 MiB leaves room for three such blobs,
@@ -65,6 +69,9 @@ def uvicorn_config(config: BackendConfig, app: BackendASGIApp) -> uvicorn.Config
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=1,
+        # X-Forwarded-For / -Proto, believed from these peers only (asgi/proxy.py).
+        proxy_headers=bool(config.proxy_trusted_addresses),
+        forwarded_allow_ips=list(config.proxy_trusted_addresses),
     )
 
 
@@ -175,8 +182,13 @@ async def _check_storage(config: BackendConfig) -> None:
 
 
 def _worker(config: BackendConfig, sock: socket.socket) -> None:
+    init_sentry(config)  # a client of its own, not the one forked from the parent
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(config, sock))
+        try:
+            uvloop.run(serve(config, sock))
+        except Exception:
+            logger.exception("Worker stopped by an unexpected error")
+            raise
 
 
 def _uses_memory_blockstore(blockstore: BlockstoreConfig) -> bool:
