@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent
 from parsec_server.backend.block import BaseBlockComponent
@@ -18,6 +18,7 @@ from parsec_server.backend.invite import BaseInviteComponent
 from parsec_server.backend.message import BaseMessageComponent
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.ping import PingComponent
+from parsec_server.backend.readiness import Readiness
 from parsec_server.backend.realm import BaseRealmComponent
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.user import BaseUserComponent
@@ -39,6 +40,8 @@ class BackendApp:
     ping: PingComponent
     events: EventsComponent
     connections: ConnectionRegistry
+    # The checks of `GET /readyz` (database, event listener, blockstore).
+    readiness: Readiness = field(default_factory=lambda: Readiness({}))
     # Handshake type ("authenticated_v2", "authenticated_v1", "invited", "anonymous",
     # "administration") -> the commands its connections may run.
 
@@ -87,4 +90,11 @@ def _assemble(config: BackendConfig, components: StorageComponents) -> BackendAp
         ping=PingComponent(components.event_bus),
         events=EventsComponent(components.realm.realms_of_user, connections),
         connections=connections,
+        readiness=Readiness(
+            {
+                "database": components.database,
+                "events": components.event_bus,
+                "blockstore": components.blockstore,
+            }
+        ),
     )

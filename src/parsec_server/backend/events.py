@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
 import msgspec
 import structlog
+
+from parsec_server.backend.readiness import CheckOutcome, ReadinessProbe
 
 logger = structlog.get_logger("parsec.events")
 
@@ -146,8 +148,10 @@ class EventsMissed(Exception):
     """What a wait for an event gets when this process may have missed that event."""
 
 
-class EventBus(ABC):
-    """Publishes events to every server process of the cluster, this one included."""
+class EventBus(ReadinessProbe):
+    """Publishes events to every server process of the cluster, this one included.
+
+    As a readiness probe: whether events of the other processes reach this one."""
 
     def __init__(self) -> None:
         self._listeners: list[EventListener] = []
@@ -178,6 +182,9 @@ class EventBus(ABC):
 
     @abstractmethod
     async def send(self, event: Event) -> None: ...
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        return CheckOutcome(True)
 
 
 class EventWaiters:

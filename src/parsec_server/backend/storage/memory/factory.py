@@ -7,6 +7,7 @@ from parsec_server.backend.blockstore.factory import blockstore_factory
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import EventWaiters, MemoryEventBus
 from parsec_server.backend.invite_email import InvitationMailer
+from parsec_server.backend.readiness import AlwaysReady
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.storage.memory.apiv1_invite import MemoryAPIV1InviteComponent
 from parsec_server.backend.storage.memory.block import MemoryBlockComponent
@@ -40,4 +41,6 @@ async def memory_components(config: BackendConfig) -> AsyncIterator[StorageCompo
             vlob=MemoryVlobComponent(data, event_bus),
             block=MemoryBlockComponent(data, blockstore),
             message=MemoryMessageComponent(data),
+            database=AlwaysReady(),
+            blockstore=blockstore,
         )

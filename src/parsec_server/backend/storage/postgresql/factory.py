@@ -15,6 +15,7 @@ from parsec_server.backend.storage.postgresql.invite import PGInviteComponent
 from parsec_server.backend.storage.postgresql.message import PGMessageComponent
 from parsec_server.backend.storage.postgresql.organization import PGOrganizationComponent
 from parsec_server.backend.storage.postgresql.pool import postgresql_pool
+from parsec_server.backend.storage.postgresql.readiness import PostgreSQLDatabaseProbe
 from parsec_server.backend.storage.postgresql.realm import PGRealmComponent
 from parsec_server.backend.storage.postgresql.user import PGUserComponent
 from parsec_server.backend.storage.postgresql.vlob import PGVlobComponent
@@ -43,4 +44,6 @@ async def postgresql_components(config: BackendConfig) -> AsyncIterator[StorageC
             vlob=PGVlobComponent(pool, event_bus),
             block=PGBlockComponent(pool, blockstore),
             message=PGMessageComponent(pool),
+            database=PostgreSQLDatabaseProbe(pool),
+            blockstore=blockstore,
         )
