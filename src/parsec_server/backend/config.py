@@ -119,6 +119,9 @@ class BackendConfig:
     # they have to complete it, and how many one peer address may have (0: no cap).
     http_header_timeout: float = 10.0
     max_pending_connections_per_peer: int = 100
+    # Seconds a SIGTERM/SIGINT shutdown may take (requests in progress, then closing the
+    # storage) before what remains is abandoned (docs/deployment.md).
+    shutdown_timeout: float = 30.0
 
     @property
     def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:

@@ -162,6 +162,7 @@ def build_config(
     workers: int = 1,
     http_header_timeout: float = 10.0,
     max_pending_connections_per_peer: int = 100,
+    shutdown_timeout: float = 30.0,
 ) -> BackendConfig:
     """Validates the `run` options into the server's configuration.
 
@@ -211,6 +212,7 @@ def build_config(
         # delay"): the HTTP request, then the protocol handshake after the upgrade.
         handshake_timeout=http_header_timeout,
         max_pending_connections_per_peer=max_pending_connections_per_peer,
+        shutdown_timeout=shutdown_timeout,
     )
 
 
@@ -512,6 +514,16 @@ option = functools.partial(click.option, show_envvar=True)
     help="Connections one address may have whose HTTP request or websocket upgrade is not "
     "complete yet, per server process; beyond, new ones are closed at once. "
     "0: no cap (needed behind a reverse proxy, where every client has the proxy's address)",
+)
+@option(
+    "--shutdown-timeout",
+    envvar="PARSEC_SHUTDOWN_TIMEOUT",
+    type=click.FloatRange(min=0),
+    default=30,
+    show_default=True,
+    help="Seconds a graceful shutdown (SIGTERM or SIGINT) may take: requests in progress "
+    "get their reply, then every connection is closed (websocket code 1001) and the "
+    "storage closed; what remains past that is abandoned. A second signal exits at once",
 )
 def run(
     *,
