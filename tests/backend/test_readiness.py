@@ -27,6 +27,7 @@ from parsec_server.backend.readiness import (
     ReadinessProbe,
     failed,
 )
+from parsec_server.backend.storage.postgresql.migrations import load_migrations
 from tests.fixtures.postgresql import create_migrated_database, drop_database
 from tests.fixtures.servers import make_config, running_server
 from tests.fixtures.tcp_proxy import tcp_proxy
@@ -240,22 +241,45 @@ async def own_migrated_database(postgresql_url: str) -> AsyncIterator[str]:
         await drop_database(postgresql_url, url)
 
 
-async def test_database_migrated_by_a_newer_version_is_not_ready(
+async def execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_database_with_migrations_not_applied_is_not_ready(
     own_migrated_database: str,
 ) -> None:
+    latest = len(load_migrations())
     async with running_server(make_config(own_migrated_database)) as server:
-        conn = await asyncpg.connect(own_migrated_database)
-        try:
-            await conn.execute(
-                "INSERT INTO migration (_id, name, applied) VALUES (9999, 'future', now())"
-            )
-        finally:
-            await conn.close()
+        # As if the last migration of this version had not been applied.
+        await execute(own_migrated_database, f"DELETE FROM migration WHERE _id = {latest}")
         status, _, body = await http_get(server.addr.port, "/readyz")
     assert status == 503
+    assert json.loads(body)["checks"]["database"] == {
+        "ok": False,
+        "error": "migrations not applied: run `parsec backend migrate`",
+        "last_applied_migration": latest - 1,
+        "latest_known_migration": latest,
+        "duration_ms": json.loads(body)["checks"]["database"]["duration_ms"],
+    }
+
+
+async def test_database_migrated_by_a_newer_version_stays_ready(
+    own_migrated_database: str,
+) -> None:
+    # During a rolling upgrade, the new version's migrations run while this one serves.
+    async with running_server(make_config(own_migrated_database)) as server:
+        await execute(
+            own_migrated_database,
+            "INSERT INTO migration (_id, name, applied) VALUES (9999, 'future', now())",
+        )
+        status, _, body = await http_get(server.addr.port, "/readyz")
+    assert status == 200
     database = json.loads(body)["checks"]["database"]
-    assert database["ok"] is False
-    assert "migrated by a newer version" in database["error"]
+    assert (database["ok"], database["newer_schema"]) == (True, True)
 
 
 async def test_unreachable_database_is_not_ready_within_the_check_timeout(
