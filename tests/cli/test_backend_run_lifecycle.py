@@ -370,6 +370,7 @@ async def test_request_in_progress_gets_its_reply_before_the_exit(
             server.signal(signal.SIGTERM)
             await asyncio.sleep(1.0)
             assert server.process.poll() is None  # waiting for the write
+            assert await asyncio.to_thread(port_is_closed, server.port)  # refused at once
             readyz.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
             assert readyz.recv(64).startswith(b"HTTP/1.1 503 ")
             readyz.close()
@@ -496,6 +497,8 @@ async def test_workers_second_signal_kills_them_at_once(migrated_postgresql_url:
             server.signal(signal.SIGTERM)
             await asyncio.sleep(1.0)
             assert server.process.poll() is None  # a worker waits for the write
+            # No worker accepts any more, and new connections are refused, not queued.
+            assert await asyncio.to_thread(port_is_closed, server.port)
             signalled_at = server.signal(signal.SIGTERM)
             returncode = await asyncio.to_thread(server.wait, 5)
             assert time.monotonic() - signalled_at < 2

@@ -6,9 +6,10 @@ then supervises them (docs/deployment.md).
 * Watchdog (`WATCHDOG_USEC` set for the parent): each worker's event loop reports it is
   alive; the parent pings `WATCHDOG=1` only while every worker did so recently, so that a
   worker whose loop is stuck gets the service restarted.
-* First SIGTERM or SIGINT: `STOPPING=1`, the signal is passed on to the workers as
-  SIGTERM (each shuts down gracefully), and the parent waits for them, up to the shutdown
-  timeout plus `KILL_MARGIN`, then kills those left. It exits 0 if every worker did.
+* First SIGTERM or SIGINT: `STOPPING=1`, the parent closes its copy of the listening
+  socket, passes the signal on to the workers as SIGTERM (each shuts down gracefully),
+  and waits for them, up to the shutdown timeout plus `KILL_MARGIN`, then kills those
+  left. It exits 0 if every worker did.
 * Second signal: the workers are killed (SIGKILL) and the parent exits at once, with
   status 128 + the signal number. Workers ignore a second signal (see asgi/process.py).
 * A worker that exits on its own (a crash) stops the others gracefully, and the parent
@@ -89,9 +90,12 @@ class _Worker:
 
 
 class _Supervisor:
-    def __init__(self, config: BackendConfig, notifier: SystemdNotifier) -> None:
+    def __init__(
+        self, config: BackendConfig, notifier: SystemdNotifier, sock: socket.socket
+    ) -> None:
         self.config = config
         self.notifier = notifier
+        self.sock = sock
         self.workers: list[_Worker] = []
         self.received: int | None = None
         self.stop_deadline = 0.0
@@ -134,6 +138,9 @@ class _Supervisor:
             return
         self.notifier.stopping("Shutting down")
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout + KILL_MARGIN
+        # Our copy of the listening socket would keep it open once the workers close
+        # theirs: new connections would wait in its queue instead of being refused.
+        self.sock.close()
         for worker in self.workers:
             pid = worker.process.pid
             if pid is not None and worker.process.exitcode is None:
@@ -248,7 +255,7 @@ def run_workers(config: BackendConfig, sock: socket.socket, target: WorkerTarget
     alive_interval = None
     if notifier.watchdog_interval is not None:
         alive_interval = min(1.0, notifier.watchdog_interval / 2)
-    supervisor = _Supervisor(config, notifier)
+    supervisor = _Supervisor(config, notifier, sock)
     context = multiprocessing.get_context("fork")
     # Signals blocked while forking: a worker handles them once it can (a signal sent to
     # it meanwhile waits), and the parent once its handlers are set.
