@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent
 from parsec_server.backend.block import BaseBlockComponent
@@ -19,6 +19,7 @@ from parsec_server.backend.message import BaseMessageComponent
 from parsec_server.backend.metrics import NULL_METRICS, Metrics
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.ping import PingComponent
+from parsec_server.backend.readiness import Readiness
 from parsec_server.backend.realm import BaseRealmComponent
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.user import BaseUserComponent
@@ -42,6 +43,8 @@ class BackendApp:
     connections: ConnectionRegistry
     # What is measured (docs/deployment.md, Monitoring); does nothing without monitoring.
     metrics: Metrics = NULL_METRICS
+    # The checks of `GET /readyz` (database, event listener, blockstore).
+    readiness: Readiness = field(default_factory=lambda: Readiness({}))
     # Handshake type ("authenticated_v2", "authenticated_v1", "invited", "anonymous",
     # "administration") -> the commands its connections may run.
 
@@ -93,4 +96,11 @@ def _assemble(config: BackendConfig, components: StorageComponents, metrics: Met
         events=EventsComponent(components.realm.realms_of_user, connections, metrics),
         connections=connections,
         metrics=metrics,
+        readiness=Readiness(
+            {
+                "database": components.database,
+                "events": components.event_bus,
+                "blockstore": components.blockstore,
+            }
+        ),
     )

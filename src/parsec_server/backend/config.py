@@ -126,6 +126,9 @@ class BackendConfig:
     max_pending_connections_per_peer: int = 100
     # Where the Prometheus metrics are served (host, port); None: no metrics at all.
     metrics_address: tuple[str, int] | None = None
+    # Seconds a SIGTERM/SIGINT shutdown may take (requests in progress, then closing the
+    # storage) before what remains is abandoned (docs/deployment.md).
+    shutdown_timeout: float = 30.0
 
     @property
     def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
 import msgspec
 import structlog
 
 from parsec_server.backend.metrics import NULL_METRICS, Metrics
+from parsec_server.backend.readiness import CheckOutcome, ReadinessProbe
 
 logger = structlog.get_logger("parsec.events")
 
@@ -148,8 +149,10 @@ class EventsMissed(Exception):
     """What a wait for an event gets when this process may have missed that event."""
 
 
-class EventBus(ABC):
-    """Publishes events to every server process of the cluster, this one included."""
+class EventBus(ReadinessProbe):
+    """Publishes events to every server process of the cluster, this one included.
+
+    As a readiness probe: whether events of the other processes reach this one."""
 
     def __init__(self, metrics: Metrics = NULL_METRICS) -> None:
         self._listeners: list[EventListener] = []
@@ -181,6 +184,9 @@ class EventBus(ABC):
 
     @abstractmethod
     async def send(self, event: Event) -> None: ...
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        return CheckOutcome(True)
 
 
 class EventWaiters:

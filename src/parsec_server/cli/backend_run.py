@@ -211,6 +211,7 @@ def build_config(
     http_header_timeout: float = 10.0,
     max_pending_connections_per_peer: int = 100,
     metrics_address: str | None = None,
+    shutdown_timeout: float = 30.0,
 ) -> BackendConfig:
     """Validates the `run` options into the server's configuration.
 
@@ -268,6 +269,7 @@ def build_config(
         handshake_timeout=http_header_timeout,
         max_pending_connections_per_peer=max_pending_connections_per_peer,
         metrics_address=metrics,
+        shutdown_timeout=shutdown_timeout,
     )
 
 
@@ -596,6 +598,16 @@ option = functools.partial(click.option, show_envvar=True)
     help="Serve Prometheus metrics at http://HOST:PORT/metrics, a listener of their own "
     "(never the public port; with --workers, served by the parent process for all "
     "workers). Off by default; keep it on a private network (no TLS, no authentication)",
+)
+@option(
+    "--shutdown-timeout",
+    envvar="PARSEC_SHUTDOWN_TIMEOUT",
+    type=click.FloatRange(min=0),
+    default=30,
+    show_default=True,
+    help="Seconds a graceful shutdown (SIGTERM or SIGINT) may take: requests in progress "
+    "get their reply, then every connection is closed (websocket code 1001) and the "
+    "storage closed; what remains past that is abandoned. A second signal exits at once",
 )
 def run(
     *,

@@ -12,6 +12,8 @@ from parsec_server.backend.app import BackendApp
 from parsec_server.backend.asgi import request_log
 from parsec_server.backend.asgi.commands import CommandTables
 from parsec_server.backend.asgi.connection import ClientConnection
+from parsec_server.backend.asgi.health import HealthRoutes
+from parsec_server.backend.asgi.lifecycle import Lifecycle
 from parsec_server.backend.asgi.proxy import peer_address
 from parsec_server.backend.asgi.routes import route_http
 from parsec_server.backend.asgi.websocket import AsgiWebSocket
@@ -23,6 +25,9 @@ class BackendASGIApp:
     def __init__(self, backend: BackendApp) -> None:
         self.backend = backend
         self._tables = CommandTables(backend)
+        # Shutdown state (`asgi.server` drains it) and the health routes that report it.
+        self.lifecycle = Lifecycle()
+        self._health = HealthRoutes(backend.readiness, self.lifecycle, backend.config.debug)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -30,9 +35,13 @@ class BackendASGIApp:
             ws = AsgiWebSocket(receive, send)
             if await ws.accept():
                 connection = ClientConnection(self.backend, self._tables, ws, peer_address(scope))
-                await connection.serve()
+                with self.lifecycle.tracking(connection):
+                    await connection.serve()
         elif kind == "http":
-            await self._http(scope, send)
+            if self._health.handles(scope["path"]):
+                await self._health.serve(scope, send)
+            else:
+                await self._http(scope, send)
         elif kind == "lifespan":
             await _lifespan(receive, send)
 

@@ -7,6 +7,11 @@ abandons it without reply. A command waiting for another client (a rendezvous st
 while the socket is watched: the connection closing abandons it, a new request waits for
 its reply. A connection can also be closed from outside (its user revoked, its
 organization expired), which abandons whatever it is doing.
+
+When the server shuts down (`drain`), the connection is closed with code 1001 (going
+away) as soon as it is not processing a request: at once if it waits for its client or
+for an event or a peer (those waits are abandoned as when the client leaves), else once
+the reply to the request in progress is sent.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ logger = structlog.get_logger("parsec.connection")
 # Close code when the handshake answer does not come in time: policy violation (the peer
 # holds a connection without identifying itself).
 HANDSHAKE_TIMEOUT_CLOSE_CODE = 1008
+# Close code when the server shuts down: going away (the client reconnects, to another
+# server process if there is one).
+SHUTDOWN_CLOSE_CODE = 1001
 
 
 class ClientConnection:
@@ -74,6 +82,10 @@ class ClientConnection:
         self._close_requested = False
         self._close_code = 1000
         self._log = request_log.ConnectionLog(peer_address)
+        # Shutdown: `_draining` once asked to go away; `_interruptible` while waiting for
+        # something that may be abandoned (the client, an event, a peer).
+        self._draining = False
+        self._interruptible = False
 
     # Called by the connection registry for every event of the connection's organization.
     def on_event(self, event: Event) -> None:
@@ -98,8 +110,23 @@ class ClientConnection:
             self._close_code = code
             self._task.cancel()
 
+    def drain(self) -> None:
+        """The server shuts down: close with 1001 at once if waiting (see the module's
+        docstring), else after the reply to the request being processed."""
+        self._draining = True
+        if self._interruptible:
+            self.request_close(SHUTDOWN_CLOSE_CODE)
+
+    def abandon(self) -> None:
+        """Close with 1001 now, whatever the connection is doing (shutdown timeout)."""
+        self._draining = True
+        self.request_close(SHUTDOWN_CLOSE_CODE)
+
     async def serve(self) -> None:
         self._task = asyncio.current_task()
+        if self._draining:  # accepted while the server was shutting down
+            await self._ws.close(SHUTDOWN_CLOSE_CODE)
+            return
         metrics = self._app.metrics
         metrics.connection_opened()
         try:
@@ -130,10 +157,12 @@ class ClientConnection:
     async def _serve(self) -> None:
         challenge = random_challenge()
         timeout = self._app.config.handshake_timeout
+        self._interruptible = True
         try:
             async with asyncio.timeout(timeout):
                 await self._ws.send(challenge_frame(challenge))
                 raw = await self._ws.receive()
+            self._interruptible = False
         except TimeoutError:
             logger.info("no handshake answer in time, closing connection", timeout=timeout)
             self._app.metrics.handshake_done(HANDSHAKE_TIMEOUT)
@@ -160,7 +189,13 @@ class ClientConnection:
     async def _command_loop(self, table: CommandTable, client: ClientContext) -> None:
         next_frame: bytes | TextFrame | None = None
         while True:
+            if next_frame is None:
+                if self._draining:
+                    await self._ws.close(SHUTDOWN_CLOSE_CODE)
+                    return
+                self._interruptible = True  # waiting for the next request
             frame = await self._receive_binary(next_frame)
+            self._interruptible = False
             next_frame = None
             if frame is None:
                 return
@@ -177,11 +212,15 @@ class ClientConnection:
                 continue
             command, req = parsed
             if command.breathing:
+                self._interruptible = True
                 rep, next_frame = await self._run_breathing(command, client, req)
+                self._interruptible = False
                 if rep is None:
                     continue
             elif command.waits_for_peer:
+                self._interruptible = True
                 rep, next_frame = await self._run_watched(command, client, req)
+                self._interruptible = False
             else:
                 rep = await self._run(command, client, req)
             if rep is CLOSE_CONNECTION:

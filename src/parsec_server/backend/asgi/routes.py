@@ -174,6 +174,11 @@ def _common_headers(debug: bool, now: float | None) -> Headers:
     ]
 
 
+def common_headers(debug: bool) -> Headers:
+    """The `date` and `server` headers every answer ends with (also used by `health`)."""
+    return _common_headers(debug, None)
+
+
 @functools.cache
 def _server_header(debug: bool) -> bytes:
     if not debug:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from enum import Enum, auto
+
+from parsec_server.backend.readiness import CheckOutcome, ReadinessProbe
 
 
 class BlockStoreBadOutcome(Enum):
@@ -13,7 +15,11 @@ class BlockStoreBadOutcome(Enum):
     UNAVAILABLE = auto()  # backing store down or failing: the `timeout` reply
 
 
-class BlockStore(ABC):
+class BlockStore(ReadinessProbe):
+    """As a readiness probe: whether the store answers now (`type` in the details)."""
+
+    type_name = "MOCKED"
+
     @abstractmethod
     async def create(
         self, organization_id: str, block_id: uuid.UUID, data: bytes
@@ -36,5 +42,8 @@ class BlockStore(ABC):
         """Remove the data under the key; nothing there is a success too. Only used to undo
         what a failed create wrote (RAID5)."""
 
-    async def close(self) -> None:  # noqa: B027 (optional hook)
+    async def check_ready(self, within: float) -> CheckOutcome:
+        return CheckOutcome(True, {"type": self.type_name})
+
+    async def close(self) -> None:
         """Release connections (nothing by default)."""

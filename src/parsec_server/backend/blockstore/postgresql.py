@@ -7,6 +7,7 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
 from parsec_server.backend.blockstore.remote import DEFAULT_TIMEOUTS
+from parsec_server.backend.readiness import CheckOutcome, exception_outcome
 
 # The latest create wins (see BlockStore.create); the row stays where the reference's
 # server reads it.
@@ -16,6 +17,7 @@ ON CONFLICT (organization_id, block_id) DO UPDATE SET data = EXCLUDED.data
 """
 _SQL_READ = "SELECT data FROM block_data WHERE organization_id = $1 AND block_id = $2"
 _SQL_DELETE = "DELETE FROM block_data WHERE organization_id = $1 AND block_id = $2"
+_SQL_CHECK = "SELECT 1"
 
 _FAILURES = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -27,9 +29,19 @@ class PostgreSQLBlockStore(BlockStore):
     the ceiling of the remote stores: a busy pool, a lock held by another transaction or
     an unresponsive database make it `UNAVAILABLE` (the `timeout` reply)."""
 
+    type_name = "POSTGRESQL"
+
     def __init__(self, pool: asyncpg.Pool, timeout: float = DEFAULT_TIMEOUTS.operation) -> None:
         self._pool = pool
         self._timeout = timeout
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        try:
+            async with asyncio.timeout(within):
+                await self._pool.fetchval(_SQL_CHECK)
+        except _FAILURES as exc:
+            return exception_outcome(exc, type=self.type_name)
+        return CheckOutcome(True, {"type": self.type_name})
 
     async def create(
         self, organization_id: str, block_id: uuid.UUID, data: bytes

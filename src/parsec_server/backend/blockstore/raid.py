@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
+from parsec_server.backend.readiness import CheckOutcome, exception_outcome
 
 logger = structlog.get_logger("parsec.blockstore")
 
@@ -28,6 +29,30 @@ class _RaidBlockStore(BlockStore):
         if not nodes:
             raise ValueError("a RAID block store needs nodes")
         self.nodes = tuple(nodes)
+
+    def tolerated_failures(self) -> int:
+        """How many nodes may fail with the set still serving."""
+        return 0
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        """Every node, concurrently. Ready while the set can serve; `degraded` when some
+        node fails but the set still serves."""
+        results = await asyncio.gather(
+            *(node.check_ready(within) for node in self.nodes), return_exceptions=True
+        )
+        outcomes = [
+            result if isinstance(result, CheckOutcome) else exception_outcome(result)
+            for result in results
+        ]
+        failing = [index for index, outcome in enumerate(outcomes) if not outcome.ok]
+        serving = len(failing) <= self.tolerated_failures()
+        details = {
+            "type": self.type_name,
+            "degraded": serving and bool(failing),
+            "nodes": [outcome.to_json() for outcome in outcomes],
+        }
+        log_error = "; ".join(f"node {index}: {outcomes[index].log_error}" for index in failing)
+        return CheckOutcome(serving, details, log_error or None)
 
     async def delete(
         self, organization_id: str, block_id: uuid.UUID
@@ -64,6 +89,8 @@ def raid0_node_index(block_id: uuid.UUID, node_count: int) -> int:
 class Raid0BlockStore(_RaidBlockStore):
     """Striping by block, no redundancy: each block on one node, outcomes unchanged."""
 
+    type_name = "RAID0"
+
     def _node(self, block_id: uuid.UUID) -> BlockStore:
         return self.nodes[raid0_node_index(block_id, len(self.nodes))]
 
@@ -91,7 +118,15 @@ class Raid1BlockStore(_RaidBlockStore):
     later; the retry overwrites what the failed attempt stored, so a successful create
     leaves the same content on every node). read answers with the first node that returns
     the block and cancels the others.
+
+    Readiness: ready (degraded) while one node answers: reads are served, but creates
+    fail until every node is back.
     """
+
+    type_name = "RAID1"
+
+    def tolerated_failures(self) -> int:
+        return len(self.nodes) - 1
 
     async def create(
         self, organization_id: str, block_id: uuid.UUID, data: bytes
@@ -190,7 +225,14 @@ class Raid5BlockStore(_RaidBlockStore):
     read: every node, the parity one included. All chunks there: they must match the
     parity, or the read fails (UNAVAILABLE) rather than return a mix. One chunk missing:
     rebuilt from the others (nothing is left to check them against).
+
+    Readiness: ready (degraded) with one node failing, as reads and creates still work.
     """
+
+    type_name = "RAID5"
+
+    def tolerated_failures(self) -> int:
+        return 1
 
     def __init__(self, nodes: Sequence[BlockStore]) -> None:
         if len(nodes) < 3:

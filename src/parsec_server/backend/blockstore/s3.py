@@ -50,6 +50,7 @@ from parsec_server.backend.blockstore.sigv4 import (
     uri_encode,
 )
 from parsec_server.backend.config import S3BlockstoreConfig, StartupError
+from parsec_server.backend.readiness import CheckOutcome, exception_outcome, failed
 
 # Error codes meaning "no such object": a bodiless answer gives only its status code
 # (`404`); GetObject says `NoSuchKey`. A missing *bucket* (`NoSuchBucket`) is a broken
@@ -141,6 +142,8 @@ def client_config(endpoint_url: str | None, timeouts: RemoteTimeouts) -> Any:
 
 
 class S3BlockStore(BlockStore):
+    type_name = "S3"
+
     def __init__(
         self,
         client: Any,
@@ -151,6 +154,7 @@ class S3BlockStore(BlockStore):
         self._client = client  # aiobotocore, for the start-up check
         self._session = session  # the hot calls
         self._timeouts = timeouts
+        self._bucket = config.bucket
         self._closed = False
         self._signer = SigV4Signer(config.key, config.secret, config.region)
         parts = urlsplit(s3_endpoint(config))
@@ -250,6 +254,18 @@ class S3BlockStore(BlockStore):
             trust_env=True,
         )
         return cls(client, session, config, timeouts)
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        """HeadBucket, as at start-up."""
+        try:
+            async with asyncio.timeout(within):
+                await self._client.head_bucket(Bucket=self._bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return failed(f"HTTP {status}", f"HeadBucket: {_describe(exc)}", type=self.type_name)
+        except Exception as exc:
+            return exception_outcome(exc, type=self.type_name)
+        return CheckOutcome(True, {"type": self.type_name})
 
     async def close(self) -> None:
         if not self._closed:

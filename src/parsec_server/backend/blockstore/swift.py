@@ -27,6 +27,7 @@ from parsec_server.backend.blockstore.remote import (
     one_line,
 )
 from parsec_server.backend.config import StartupError, SwiftBlockstoreConfig
+from parsec_server.backend.readiness import CheckOutcome, exception_outcome, failed
 
 T = TypeVar("T")
 
@@ -41,6 +42,8 @@ def _http_status(exc: BaseException) -> int | None:
 
 
 class SwiftBlockStore(BlockStore):
+    type_name = "SWIFT"
+
     def __init__(
         self, config: SwiftBlockstoreConfig, timeouts: RemoteTimeouts = DEFAULT_TIMEOUTS
     ) -> None:
@@ -109,6 +112,21 @@ class SwiftBlockStore(BlockStore):
         # connection's own timeouts); it gives its connection back when done.
         async with asyncio.timeout(self._timeouts.operation):
             return await asyncio.to_thread(self._run_in_thread, operation)
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        """HEAD container, as at start-up (authenticating first if needed)."""
+        container = self._container
+        try:
+            async with asyncio.timeout(within):
+                await self._call(lambda conn: conn.head_container(container))
+        except Exception as exc:
+            status = _http_status(exc)
+            if status is not None:
+                return failed(
+                    f"HTTP {status}", f"HEAD container: {one_line(exc)}", type=self.type_name
+                )
+            return exception_outcome(exc, type=self.type_name)
+        return CheckOutcome(True, {"type": self.type_name})
 
     async def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import EventWaiters, MemoryEventBus
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.metrics import NULL_METRICS, Metrics
+from parsec_server.backend.readiness import AlwaysReady
 from parsec_server.backend.storage.components import StorageComponents
 from parsec_server.backend.storage.memory.apiv1_invite import MemoryAPIV1InviteComponent
 from parsec_server.backend.storage.memory.block import MemoryBlockComponent
@@ -45,4 +46,6 @@ async def memory_components(
             vlob=MemoryVlobComponent(data, event_bus),
             block=MemoryBlockComponent(data, blockstore),
             message=MemoryMessageComponent(data),
+            database=AlwaysReady(),
+            blockstore=blockstore,
         )

@@ -25,6 +25,7 @@ import structlog
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import Event, EventBus, event_from_json, event_to_json
 from parsec_server.backend.metrics import NULL_METRICS, Metrics
+from parsec_server.backend.readiness import CheckOutcome, failed
 from parsec_server.backend.storage.postgresql.pool import CONNECT_ERRORS, connect_with_retries
 
 logger = structlog.get_logger("parsec.events")
@@ -181,6 +182,13 @@ class PostgreSQLEventBus(EventBus):
                     await asyncio.sleep(RECONNECT_DELAY_SECONDS)
             logger.info("event listener connection back")
             self.notify_events_missed("the event listener connection was lost")
+
+    async def check_ready(self, within: float) -> CheckOutcome:
+        """Ready while the listening connection is up (its own checks, every
+        `events_check_interval`, notice a silent loss): no round trip here."""
+        if self._listener is None or self._lost.is_set():
+            return failed("listening connection lost, reconnecting")
+        return CheckOutcome(True)
 
     async def close(self) -> None:
         conn, self._listener = self._listener, None

@@ -17,6 +17,7 @@ from parsec_server.backend.storage.postgresql.invite import PGInviteComponent
 from parsec_server.backend.storage.postgresql.message import PGMessageComponent
 from parsec_server.backend.storage.postgresql.organization import PGOrganizationComponent
 from parsec_server.backend.storage.postgresql.pool import pool_stats, postgresql_pool
+from parsec_server.backend.storage.postgresql.readiness import PostgreSQLDatabaseProbe
 from parsec_server.backend.storage.postgresql.realm import PGRealmComponent
 from parsec_server.backend.storage.postgresql.user import PGUserComponent
 from parsec_server.backend.storage.postgresql.vlob import PGVlobComponent
@@ -49,6 +50,8 @@ async def postgresql_components(
             vlob=PGVlobComponent(pool, event_bus),
             block=PGBlockComponent(pool, blockstore),
             message=PGMessageComponent(pool),
+            database=PostgreSQLDatabaseProbe(pool),
+            blockstore=blockstore,
         )
         with metrics.watching_pool(partial(pool_stats, pool)):
             yield components

@@ -16,6 +16,9 @@ from parsec_server.backend.storage.postgresql.migrations import check_migrations
 logger = structlog.get_logger("parsec.postgresql")
 
 CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+# Seconds the pool has to close its connections cleanly at shutdown (the commands using
+# them are over by then); past that they are dropped.
+POOL_CLOSE_TIMEOUT = 3.0
 
 
 async def connect_with_retries(
@@ -57,7 +60,11 @@ async def postgresql_pool(config: BackendConfig) -> AsyncIterator[asyncpg.Pool]:
     try:
         yield pool
     finally:
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("database connections not closed in time, dropped")
+            pool.terminate()
 
 
 def pool_stats(pool: asyncpg.Pool) -> PoolStats:
