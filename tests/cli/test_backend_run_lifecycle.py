@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -121,8 +122,24 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 class ServerProcess:
     process: subprocess.Popen[str]
     port: int
-    output: str = ""
     children: list[int] = field(default_factory=list)
+    # Its output, read as it comes (as a supervisor does): a full pipe would block the
+    # server's logging, request lines at INFO included.
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
     @property
     def addr(self) -> BackendAddr:
@@ -133,9 +150,9 @@ class ServerProcess:
         return time.monotonic()
 
     def wait(self, timeout: float) -> int:
-        output, _ = self.process.communicate(timeout=timeout)
-        self.output += output
-        return self.process.returncode
+        returncode = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return returncode
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -181,7 +198,7 @@ def server_process(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             process.kill()
-        server.output += process.communicate(timeout=30)[0] or ""
+        server.wait(timeout=30)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -212,7 +229,8 @@ def wait_ready(server: ServerProcess, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if server.process.poll() is not None:
-            raise AssertionError(f"server exited: {server.process.communicate()[0]}")
+            server.wait(timeout=10)
+            raise AssertionError(f"server exited: {server.output}")
         try:
             with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
                 sock.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
