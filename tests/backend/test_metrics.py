@@ -222,8 +222,9 @@ def test_every_reply_status_of_the_server_is_a_label() -> None:
     status would be counted as `other`)."""
     found: set[str] = set()
     backend = Path(parsec_server.__file__).parent / "backend"
+    # asgi/health.py's JSON documents have a `status` too, but are not replies.
     for path in [
-        *backend.rglob("*.py"),
+        *(path for path in backend.rglob("*.py") if path.name != "health.py"),
         Path(parsec_server.__file__).parent / "api/protocol/base.py",
     ]:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -381,6 +381,6 @@ def test_workers_report_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asgi_server.uvloop, "run", lambda coroutine: coroutine.close())
     config = replace(make_config(), sentry_url="http://k@127.0.0.1:1/1")
 
-    asgi_server._worker(config, sock=None)  # type: ignore[arg-type]
+    asgi_server._worker(config, sock=None, role=None)  # type: ignore[arg-type]
 
     assert calls == [config]

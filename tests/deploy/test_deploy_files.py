@@ -204,11 +204,15 @@ def test_unit_commands_exist_in_our_command_line() -> None:
 # --- The environment file ---------------------------------------------------------------------
 
 
+_ASSIGNMENT = re.compile(r"(#?)(PARSEC_[A-Z0-9_]+|SENTRY_ENVIRONMENT|FORWARDED_ALLOW_IPS)=(.*)")
+
+
 def env_file_assignments() -> list[tuple[str, str, bool]]:
-    """(name, value, commented out) of every `PARSEC_*=` line."""
+    """(name, value, commented out) of every variable assignment (`PARSEC_*`, and the two
+    variables `run` reads under other names)."""
     found = []
     for line in ENV_FILE.read_text().splitlines():
-        match = re.fullmatch(r"(#?)(PARSEC_[A-Z0-9_]+)=(.*)", line)
+        match = _ASSIGNMENT.fullmatch(line)
         if match:
             value = match[3]
             if len(value) >= 2 and value[0] == value[-1] == '"':
