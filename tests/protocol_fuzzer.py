@@ -58,6 +58,8 @@ KEPT_EXAMPLES = 5
 
 
 class _Anything:
+    message_check_threads = None  # the event loop's default executor
+
     def __getattr__(self, name: str) -> Any:
         return self
 

@@ -32,6 +32,8 @@ MiB = 1024 * 1024
 class _Anything:
     """Stands for the app: every attribute is a handler (never run here)."""
 
+    message_check_threads = None  # the event loop's default executor
+
     def __getattr__(self, name: str) -> Any:
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent
@@ -45,8 +46,9 @@ class BackendApp:
     metrics: Metrics = NULL_METRICS
     # The checks of `GET /readyz` (database, event listener, blockstore).
     readiness: Readiness = field(default_factory=lambda: Readiness({}))
-    # Handshake type ("authenticated_v2", "authenticated_v1", "invited", "anonymous",
-    # "administration") -> the commands its connections may run.
+    # Where costly messages are checked, off the event loop (docs/frame-outcomes.md);
+    # None: the event loop's default executor (apps not built by `backend_app_factory`).
+    message_check_threads: Executor | None = None
 
     def __post_init__(self) -> None:
         self.event_bus.connect(self.connections.dispatch)
@@ -67,22 +69,30 @@ async def backend_app_factory(
 ) -> AsyncIterator[BackendApp]:
     """Build the app on the configured storage; raises StartupError before yielding if
     the database cannot be used."""
-    if config.db_type == "MOCKED":
-        from parsec_server.backend.storage.memory.factory import memory_components
+    # Two threads: a hostile message keeps at most these busy, never the event loop.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="message-check") as threads:
+        if config.db_type == "MOCKED":
+            from parsec_server.backend.storage.memory.factory import memory_components
 
-        async with memory_components(config, metrics) as components:
-            yield _assemble(config, components, metrics)
-    else:
-        from parsec_server.backend.storage.postgresql.factory import postgresql_components
+            async with memory_components(config, metrics) as components:
+                yield _assemble(config, components, metrics, threads)
+        else:
+            from parsec_server.backend.storage.postgresql.factory import postgresql_components
 
-        async with postgresql_components(config, metrics) as components:
-            yield _assemble(config, components, metrics)
+            async with postgresql_components(config, metrics) as components:
+                yield _assemble(config, components, metrics, threads)
 
 
-def _assemble(config: BackendConfig, components: StorageComponents, metrics: Metrics) -> BackendApp:
+def _assemble(
+    config: BackendConfig,
+    components: StorageComponents,
+    metrics: Metrics,
+    message_check_threads: Executor,
+) -> BackendApp:
     connections = ConnectionRegistry()
     return BackendApp(
         config=config,
+        message_check_threads=message_check_threads,
         event_bus=components.event_bus,
         organization=components.organization,
         user=components.user,

@@ -38,7 +38,7 @@ class CommandTables:
         # The commands of each handshake type (also walked by the field-limits tests).
         self.commands = _commands(app)
         self.tables = {
-            kind: CommandTable(_measured(commands, app.metrics))
+            kind: CommandTable(_measured(commands, app.metrics), app.message_check_threads)
             for kind, commands in self.commands.items()
         }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -32,7 +32,6 @@ INVALID_MSG_FORMAT: Rep = {"status": "invalid_msg_format", "reason": "Invalid me
 # milliseconds per MiB skipping them, holding the GIL), so that one message cannot stall the
 # other connections (docs/frame-outcomes.md).
 INLINE_CHECK_BUDGET = 100_000
-_CHECK_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="msgpack-check")
 
 # msgpack type bytes of a map: fixmap, map16, map32.
 _MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
@@ -65,7 +64,9 @@ class InvalidMessageFormat(Exception):
 
 
 class CommandTable:
-    def __init__(self, commands: list[Command]) -> None:
+    def __init__(self, commands: list[Command], check_threads: Executor | None = None) -> None:
+        # Where costly messages are checked (None: the event loop's default executor).
+        self._check_threads = check_threads
         self._by_type = {c.req_type: c for c in commands}
         self._by_name = {c.name: c for c in commands}
         self._fields = {c.name: field_names(c.req_type) for c in commands}
@@ -89,7 +90,7 @@ class CommandTable:
         """`parse`, with the check of a costly message done off the event loop."""
         _check_is_map(frame)
         try:
-            frame = await check_message(frame, self._fields_of)
+            frame = await check_message(frame, self._fields_of, self._check_threads)
         except codec.CodecError as exc:
             raise InvalidMessageFormat() from exc
         return self._parse_checked(frame, client)
@@ -144,7 +145,11 @@ def field_names(*types: type[msgspec.Struct]) -> tuple[bytes, ...]:
     return tuple(sorted(name.encode() for name in names))
 
 
-async def check_message(frame: bytes, fields: Callable[[bytes], tuple[bytes, ...]]) -> bytes:
+async def check_message(
+    frame: bytes,
+    fields: Callable[[bytes], tuple[bytes, ...]],
+    threads: Executor | None = None,
+) -> bytes:
     """`codec.check` (raises CodecError) and the frame to decode: on the event loop the
     frame itself, if checked within INLINE_CHECK_BUDGET steps; else, in a worker thread,
     the check all over again, then the frame without the top-level str keys not in
@@ -153,7 +158,7 @@ async def check_message(frame: bytes, fields: Callable[[bytes], tuple[bytes, ...
         codec.check(frame, INLINE_CHECK_BUDGET)
     except codec.CheckTooCostly:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_CHECK_THREADS, _check_and_prune, frame, fields)
+        return await loop.run_in_executor(threads, _check_and_prune, frame, fields)
     return frame
 
 

@@ -92,7 +92,7 @@ ANSWER_FIELDS = field_names(
 async def do_handshake(app: BackendApp, challenge: bytes, raw: bytes) -> HandshakeOutcome:
     # The whole answer is checked as any request is (limits, UTF-8, ext payloads).
     try:
-        raw = await check_message(raw, _answer_fields)
+        raw = await check_message(raw, _answer_fields, app.message_check_threads)
     except CodecError as exc:
         return _failed(HandshakeResult.BAD_PROTOCOL, _errors_text(exc))
     parsed = parse_answer(raw)
