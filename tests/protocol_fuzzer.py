@@ -44,6 +44,7 @@ from parsec_server.api.handshake import (
 from parsec_server.api.ids import InvitationType, UserProfile
 from parsec_server.backend.asgi.commands import CommandTables
 from parsec_server.backend.asgi.dispatch import CommandTable
+from parsec_server.backend.metrics import NULL_METRICS
 from parsec_server.client.connection import AdministrationAuth, BackendConnection
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.invite import new_user_invitation
@@ -59,6 +60,7 @@ KEPT_EXAMPLES = 5
 
 class _Anything:
     message_check_threads = None  # the event loop's default executor
+    metrics = NULL_METRICS  # handlers not wrapped
 
     def __getattr__(self, name: str) -> Any:
         return self

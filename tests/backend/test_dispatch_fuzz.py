@@ -25,6 +25,7 @@ from parsec_server.backend.asgi.dispatch import (
     check_message,
 )
 from parsec_server.backend.asgi.handshake import ANSWER_FIELDS, parse_answer
+from parsec_server.backend.metrics import NULL_METRICS
 
 MiB = 1024 * 1024
 
@@ -33,6 +34,7 @@ class _Anything:
     """Stands for the app: every attribute is a handler (never run here)."""
 
     message_check_threads = None  # the event loop's default executor
+    metrics = NULL_METRICS  # handlers not wrapped
 
     def __getattr__(self, name: str) -> Any:
         return self
