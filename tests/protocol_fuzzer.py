@@ -41,15 +41,14 @@ from parsec_server.api.handshake import (
     build_answer,
     challenge_decoder,
 )
-from parsec_server.api.ids import InvitationType, UserProfile
+from parsec_server.api.ids import InvitationType
 from parsec_server.backend.asgi.commands import CommandTables
 from parsec_server.backend.asgi.dispatch import CommandTable
 from parsec_server.backend.metrics import NULL_METRICS
 from parsec_server.client.connection import AdministrationAuth, BackendConnection
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.invite import new_user_invitation
-from parsec_server.client.organization import bootstrap_organization, create_organization
-from parsec_server.client.user import create_user
+from tests.fixtures.servers import create_org_at
 
 # Commands that may wait by design (for an event, or for the peer of an invitation).
 _WAIT_PREFIXES = ("invite_1_", "invite_2a_", "invite_2b_", "invite_3a_", "invite_3b_", "invite_4_")
@@ -133,21 +132,9 @@ class Targets:
 
 async def setup_targets(addr: BackendAddr, administration_token: str) -> Targets:
     organization_id = f"Fuzz{random.getrandbits(48):012x}"
-    token = await create_organization(addr, administration_token, organization_id)
-    alice = await bootstrap_organization(
-        addr,
-        organization_id,
-        token,
-        human_handle=("alice@example.com", "Alice"),
-        device_label="laptop",
-        user_id="alice",
-        device_name="laptop",
-    )
+    org = await create_org_at(addr, administration_token, organization_id)
+    alice, bob, mallory = org.alice, org.bob, org.mallory
     async with await alice.connect() as conn:
-        bob = await create_user(
-            conn, alice, "bob", "desktop", ("bob@example.com", "Bob"), UserProfile.STANDARD
-        )
-        mallory = await create_user(conn, alice, "mallory", "phone", None, UserProfile.OUTSIDER)
         invitation = await new_user_invitation(conn, "zack@example.com")
     return Targets(addr, administration_token, organization_id, alice, bob, mallory, invitation)
 
