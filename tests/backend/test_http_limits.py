@@ -24,6 +24,7 @@ import trustme
 from parsec_server.backend.asgi import server as server_module
 from parsec_server.backend.asgi.limits import PendingLimits
 from tests.backend.common import assert_still_open, authenticated_ws, wait_until
+from tests.fixtures import free_port
 from tests.fixtures.raw import raw_connect
 from tests.fixtures.servers import RunningServer, create_org, make_config, running_server
 
@@ -372,18 +373,11 @@ cli(sys.argv[2:])
 DESCRIPTOR_LIMIT = 96
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def few_descriptors_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`parsec backend run --dev` (uvloop, as in production) limited to DESCRIPTOR_LIMIT open
     files; stalled connections stay for 60 s and are not capped."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARSEC_")}
     env["TMPDIR"] = str(tmp_path)
     args = ["backend", "run", "--dev", "-P", str(port), "--http-header-timeout", "60"]

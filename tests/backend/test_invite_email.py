@@ -8,7 +8,6 @@ import asyncio
 import email
 import email.policy
 import html
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -38,6 +37,7 @@ from tests.backend.common import (
     send_cmd,
     wait_until,
 )
+from tests.fixtures import free_port
 from tests.fixtures.servers import (
     Organization,
     ServerFactory,
@@ -168,14 +168,6 @@ def smtp_config(
         use_tls=use_tls,
         timeout=timeout,
     )
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")

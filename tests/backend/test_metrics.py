@@ -55,7 +55,8 @@ from tests.backend.common import (
     authenticated_ws,
     send_cmd,
 )
-from tests.backend.test_invite_email import Mailbox, free_port, smtp_config, smtp_server
+from tests.backend.test_invite_email import Mailbox, smtp_config, smtp_server
+from tests.fixtures import free_port
 from tests.fixtures.raw import raw_connect, raw_handshake
 from tests.fixtures.servers import (
     Organization,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,11 @@ from websockets.asyncio.client import ClientConnection
 from parsec_server.api.addr import BackendAddr
 from tests.backend.common import administration_ws, send_cmd
 from tests.backend.test_metrics import Scrape, http_get
+from tests.fixtures import free_port
 from tests.fixtures.servers import ADMINISTRATION_TOKEN
 
 T = TypeVar("T")
 DB_MAX_CONNECTIONS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def eventually(read: Callable[[], T], check: Callable[[T], bool], timeout: float = 30) -> T:
@@ -59,7 +52,7 @@ def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int
 def workers_server(migrated_postgresql_url: str, tmp_path: Path) -> Iterator[tuple[int, int]]:
     """(port, metrics port) of `parsec backend run --workers 2`; its temporary files
     (the metrics directory among them) go to `tmp_path`."""
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "PARSEC_DB": migrated_postgresql_url,

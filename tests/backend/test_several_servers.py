@@ -27,6 +27,7 @@ from parsec_server.client.organization import (
 )
 from parsec_server.client.realm import create_realm, share
 from parsec_server.client.user import create_user
+from tests.fixtures import free_port
 from tests.fixtures.servers import (
     ADMINISTRATION_TOKEN,
     RunningServer,
@@ -110,15 +111,8 @@ async def test_pinged_event_crosses_servers(
         assert rep == {"status": "ok", "event": "pinged", "ping": "hello from a"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_workers_share_the_port_and_stop_together(migrated_postgresql_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     parsec = Path(sys.executable).parent / "parsec"
     env = {
         **os.environ,

@@ -40,6 +40,7 @@ from parsec_server.cli.backend_run import (
     dev_args,
     run,
 )
+from tests.fixtures import free_port
 
 BLOCKSTORE_HINT = "'--blockstore' / '-b' (env var: 'PARSEC_BLOCKSTORE')"
 REQUIRED_ARGS = [
@@ -1160,16 +1161,9 @@ def test_ctrl_c_says_bye(fake_server: FakeServer) -> None:
     assert result.stdout.endswith("\nbye ;-)\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARSEC_")}
     env["TMPDIR"] = str(tmp_path)
     process = subprocess.Popen(

@@ -30,6 +30,7 @@ from parsec_server.api.addr import BackendAddr
 from parsec_server.api.codec import ID, DateTime
 from parsec_server.client.connection import BackendConnection, BackendConnectionError
 from parsec_server.client.realm import create_realm
+from tests.fixtures import free_port
 from tests.fixtures.servers import (
     ADMINISTRATION_TOKEN,
     Organization,
@@ -41,13 +42,6 @@ from tests.fixtures.servers import (
 
 PARSEC = str(Path(sys.executable).parent / "parsec")
 SHUTDOWN_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- systemd's side of NOTIFY_SOCKET ---------------------------------------------------------

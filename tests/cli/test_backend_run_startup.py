@@ -8,14 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.fixtures import free_port
+
 PARSEC = str(Path(sys.executable).parent / "parsec")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _run(
@@ -50,8 +45,8 @@ def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def test_unreachable_database_is_a_one_line_error() -> None:
-    dead_port = _free_port()
-    result = _run(f"postgresql://postgres@127.0.0.1:{dead_port}/parsec", _free_port())
+    dead_port = free_port()
+    result = _run(f"postgresql://postgres@127.0.0.1:{dead_port}/parsec", free_port())
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     [line] = _error_lines(result)
@@ -61,7 +56,7 @@ def test_unreachable_database_is_a_one_line_error() -> None:
 def test_unmigrated_database_is_refused_with_a_hint_to_migrate(
     empty_postgresql_url: str,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     result = _run(empty_postgresql_url, port)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

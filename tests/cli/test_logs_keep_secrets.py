@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from parsec_server.client.device_file import list_available_devices
 from tests.cli.commands import TIMEOUT, Command, Done, our_parsec, run
+from tests.fixtures import free_port
 
 ADMIN_TOKEN = "Adm1n-t0ken-S3CRET"
 WRONG_TOKEN = "Wr0ng-t0ken-S3CRET"
@@ -31,13 +31,6 @@ ADMIN_NAME, ADMIN_EMAIL = "Adalbert Secretname", "adalbert.secret@example.com"
 USER_NAME, USER_EMAIL = "Zacharias Hiddenname", "zacharias.hidden@example.com"
 URL_LINE = re.compile(r"^url: (parsec://\S+)$", re.MULTILINE)
 BOOTSTRAP_LINE = re.compile(r"Bootstrap organization url: (parsec://\S+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -89,7 +82,7 @@ class Server:
 
 
 async def start_server(db_url: str, log_file: Path, webhook: Webhook) -> Server:
-    port = _free_port()
+    port = free_port()
     addr = f"parsec://127.0.0.1:{port}?no_ssl=true"
     blockstore = "MOCKED" if db_url == "MOCKED" else "POSTGRESQL"
     process = await asyncio.create_subprocess_exec(

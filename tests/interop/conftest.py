@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.fixtures import free_port
 from tests.fixtures.postgresql import create_empty_database, drop_database, run_async
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,13 +59,6 @@ def our_parsec() -> Path:
     if candidate.exists():
         return candidate
     return Path(sys.executable).with_name("parsec")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_environment(**extra: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ from aiobotocore.session import get_session  # type: ignore[import-untyped, unus
 
 from parsec_server.backend.blockstore.remote import RemoteTimeouts
 from parsec_server.backend.config import S3BlockstoreConfig
+from tests.fixtures import free_port
 
 REGION = "region1"
 ACCESS_KEY = "dummy-user"
@@ -62,13 +63,6 @@ def aws_ca_bundle(tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The private CA trusted by S3 clients created during the test."""
     monkeypatch.setenv("AWS_CA_BUNDLE", str(tls_files.ca))
     return tls_files.ca
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # `moto_server ARGS`, killed by the kernel if the test process dies without cleaning up
