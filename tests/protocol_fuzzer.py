@@ -42,12 +42,10 @@ from parsec_server.api.handshake import (
     challenge_decoder,
 )
 from parsec_server.api.ids import InvitationType
-from parsec_server.backend.asgi.commands import CommandTables
-from parsec_server.backend.asgi.dispatch import CommandTable
-from parsec_server.backend.metrics import NULL_METRICS
 from parsec_server.client.connection import AdministrationAuth, BackendConnection
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.invite import new_user_invitation
+from tests.fixtures.commands import OFFLINE_TABLES
 from tests.fixtures.servers import create_org_at
 
 # Commands that may wait by design (for an event, or for the peer of an invitation).
@@ -57,18 +55,7 @@ REPLY_TIMEOUT = 10.0  # seconds: no reply nor close within this is a hang
 KEPT_EXAMPLES = 5
 
 
-class _Anything:
-    message_check_threads = None  # the event loop's default executor
-    metrics = NULL_METRICS  # handlers not wrapped
-
-    def __getattr__(self, name: str) -> Any:
-        return self
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("never run")
-
-
-TABLES: dict[str, CommandTable] = CommandTables(_Anything()).tables  # type: ignore[arg-type]
+TABLES = OFFLINE_TABLES
 WAITING = {
     command.name
     for table in TABLES.values()

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from parsec_server.api import codec
 from parsec_server.api.ids import UserProfile
-from parsec_server.backend.asgi.commands import CommandTables
 from parsec_server.backend.asgi.dispatch import (
     Command,
     CommandTable,
@@ -25,25 +24,12 @@ from parsec_server.backend.asgi.dispatch import (
     check_message,
 )
 from parsec_server.backend.asgi.handshake import ANSWER_FIELDS, parse_answer
-from parsec_server.backend.metrics import NULL_METRICS
+from tests.fixtures.commands import OFFLINE_TABLES
 
 MiB = 1024 * 1024
 
 
-class _Anything:
-    """Stands for the app: every attribute is a handler (never run here)."""
-
-    message_check_threads = None  # the event loop's default executor
-    metrics = NULL_METRICS  # handlers not wrapped
-
-    def __getattr__(self, name: str) -> Any:
-        return self
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return {"status": "ok"}
-
-
-TABLES: dict[str, CommandTable] = CommandTables(_Anything()).tables  # type: ignore[arg-type]
+TABLES = OFFLINE_TABLES
 COMMANDS: list[tuple[str, Command]] = [
     (table_name, command)
     for table_name, table in TABLES.items()
