@@ -57,13 +57,28 @@ _SQL_RECORD_MIGRATION = """
 INSERT INTO migration (_id, name, applied) VALUES ($1, $2, now())
 """
 
+_SQL_HAS_EXTRAS_TABLE = """
+SELECT EXISTS (
+    SELECT FROM pg_catalog.pg_tables
+    WHERE tablename = 'ext_migration' AND schemaname = ANY (current_schemas(false))
+)
+"""
+
+_SQL_GET_EXTRAS_LEVEL = "SELECT COALESCE(max(_id), 0) FROM ext_migration"
+
+_SQL_RECORD_EXTRAS = """
+INSERT INTO ext_migration (_id, name, applied) VALUES ($1, $2, now())
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
     idx: int
     name: str  # e.g. "human_handle"
-    file_name: str  # e.g. "0003_human_handle.sql"
+    file_name: str  # e.g. "0003_human_handle.sql", "extras/0001_server_extras.sql"
     sql: str
+    # Our additions to the Parsec 2.0.0 layout, recorded in ext_migration
+    extras: bool = False
 
 
 class MigrationStatus(enum.Enum):
@@ -98,12 +113,18 @@ def default_migrations_directory() -> Traversable:
 
 
 def load_migrations(directory: Traversable | None = None) -> list[Migration]:
-    """Read the migrations of `directory` (the package's by default), sorted by number.
+    """Read the migrations of `directory`, sorted by number.
 
+    By default: the package's numbered migrations, then its extras.
     Raises `ValueError` on a misnamed `.sql` file, a duplicate number or a gap.
     """
     if directory is None:
-        directory = default_migrations_directory()
+        default = default_migrations_directory()
+        return _load_series(default) + _load_series(default / "extras", extras=True)
+    return _load_series(directory)
+
+
+def _load_series(directory: Traversable, *, extras: bool = False) -> list[Migration]:
     migrations: dict[int, Migration] = {}
     for entry in directory.iterdir():
         if not entry.is_file() or not entry.name.endswith(".sql"):
@@ -119,8 +140,9 @@ def load_migrations(directory: Traversable | None = None) -> list[Migration]:
         migrations[idx] = Migration(
             idx=idx,
             name=match.group("name"),
-            file_name=entry.name,
+            file_name=f"extras/{entry.name}" if extras else entry.name,
             sql=entry.read_text(encoding="utf-8"),
+            extras=extras,
         )
     expected = list(range(1, len(migrations) + 1))
     if sorted(migrations) != expected:
@@ -141,6 +163,20 @@ async def get_last_applied_migration(conn: asyncpg.Connection) -> int:
     return 0
 
 
+async def get_extras_level(conn: asyncpg.Connection) -> int:
+    """Number of the last applied extras migration, 0 if none."""
+    if not await conn.fetchval(_SQL_HAS_EXTRAS_TABLE):
+        return 0
+    level: int = await conn.fetchval(_SQL_GET_EXTRAS_LEVEL)
+    return level
+
+
+async def _applied_level(conn: asyncpg.Connection, migration: Migration) -> int:
+    if migration.extras:
+        return await get_extras_level(conn)
+    return await get_last_applied_migration(conn)
+
+
 async def _apply_migration(conn: asyncpg.Connection, migration: Migration) -> MigrationOutcome:
     try:
         async with conn.transaction():
@@ -148,10 +184,12 @@ async def _apply_migration(conn: asyncpg.Connection, migration: Migration) -> Mi
             # 2. Only then look at what is applied, so that a migration committed by
             #    another runner while we waited is seen and not applied twice.
             await conn.execute(_SQL_TAKE_MIGRATION_LOCK, MIGRATION_LOCK_KEY)
-            if await get_last_applied_migration(conn) >= migration.idx:
+            if await _applied_level(conn, migration) >= migration.idx:
                 return MigrationOutcome(migration, MigrationStatus.ALREADY_APPLIED)
             await conn.execute(migration.sql)
-            if migration.idx >= 2:
+            if migration.extras:
+                await conn.execute(_SQL_RECORD_EXTRAS, migration.idx, migration.name)
+            elif migration.idx >= 2:
                 await conn.execute(_SQL_RECORD_MIGRATION, migration.idx, migration.name)
     except asyncpg.PostgresError as exc:
         return MigrationOutcome(migration, MigrationStatus.FAILED, error=str(exc))
@@ -177,12 +215,14 @@ async def apply_migrations(
     if migrations is None:
         migrations = load_migrations()
     last_applied = await get_last_applied_migration(conn) if dry_run else 0
+    extras_level = await get_extras_level(conn) if dry_run else 0
     outcomes: list[MigrationOutcome] = []
     for migration in migrations:
         if dry_run:
+            level = extras_level if migration.extras else last_applied
             status = (
                 MigrationStatus.ALREADY_APPLIED
-                if migration.idx <= last_applied
+                if migration.idx <= level
                 else MigrationStatus.WOULD_APPLY
             )
             outcome = MigrationOutcome(migration, status)
@@ -203,14 +243,19 @@ async def check_migrations_applied(
     if migrations is None:
         migrations = load_migrations()
     last_applied = await get_last_applied_migration(conn)
-    pending = [m.file_name for m in migrations if m.idx > last_applied]
+    extras_level = await get_extras_level(conn)
+    pending = [
+        m.file_name
+        for m in migrations
+        if m.idx > (extras_level if m.extras else last_applied)
+    ]
     if pending:
         if len(pending) == 1:
             what = f"migration {pending[0]} is not applied"
         else:
             what = f"migrations {', '.join(pending)} are not applied"
         return f"Database is not up to date: {what}; run `parsec backend migrate` first"
-    known = max((m.idx for m in migrations), default=0)
+    known = max((m.idx for m in migrations if not m.extras), default=0)
     if last_applied > known:
         return (
             f"Database was migrated by a newer version of the server "

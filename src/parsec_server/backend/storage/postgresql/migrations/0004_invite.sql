@@ -19,8 +19,8 @@ CREATE TABLE invitation (
     token UUID NOT NULL,
     type invitation_type NOT NULL,
     greeter INTEGER NOT NULL REFERENCES user_ (_id),
-    -- USER invitations only; any string (not validated by the protocol)
-    claimer_email TEXT,
+    -- USER invitations only
+    claimer_email VARCHAR(255),
     created_on TIMESTAMPTZ NOT NULL,
     deleted_on TIMESTAMPTZ,
     deleted_reason invitation_deleted_reason,
@@ -28,11 +28,5 @@ CREATE TABLE invitation (
     -- NULL: slot absent; an empty bytea is a present payload
     conduit_greeter_payload BYTEA,
     conduit_claimer_payload BYTEA,
-    UNIQUE (organization, token),
-    CHECK ((type = 'USER') = (claimer_email IS NOT NULL)),
-    CHECK ((deleted_on IS NULL) = (deleted_reason IS NULL))
+    UNIQUE (organization, token)
 );
-
--- invite_new (reuse of an open invitation) and invite_list
-CREATE INDEX invitation_open_by_greeter_idx ON invitation (greeter, type)
-    WHERE deleted_on IS NULL;
