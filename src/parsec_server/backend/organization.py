@@ -26,6 +26,8 @@ from parsec_server.api.protocol.organization import (
     OrganizationStatusReq,
     OrganizationUpdateReq,
 )
+from parsec_server.backend.audit import OK as AUDIT_OK
+from parsec_server.backend.audit import STREAM_ONLY, Action, Actor, AuditLog, Target
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
@@ -73,9 +75,12 @@ def _invalid_certification(detail: str) -> Rep:
 
 
 class BaseOrganizationComponent(ABC):
-    def __init__(self, event_bus: EventBus, webhook: BootstrapWebhook) -> None:
+    def __init__(
+        self, event_bus: EventBus, webhook: BootstrapWebhook, audit: AuditLog = STREAM_ONLY
+    ) -> None:
         self._event_bus = event_bus
         self._webhook = webhook
+        self._audit = audit
 
     # Storage
 
@@ -119,6 +124,13 @@ class BaseOrganizationComponent(ABC):
     ) -> Rep:
         token = new_bootstrap_token()
         outcome = await self.create(req.organization_id, token, req.expiration_date)
+        self._audit.record(
+            Action.ORGANIZATION_CREATE,
+            Actor.of(client),
+            Target(organization=req.organization_id),
+            "already_exists" if outcome is not None else AUDIT_OK,
+            expiration_date=req.expiration_date,
+        )
         if outcome is OrganizationCreateBadOutcome.ALREADY_BOOTSTRAPPED:
             return error("already_exists")
         if req.expiration_date is None:
@@ -140,6 +152,12 @@ class BaseOrganizationComponent(ABC):
         self, client: AdministrationClientContext, req: OrganizationStatsReq
     ) -> Rep:
         stats = await self.stats(req.organization_id)
+        self._audit.record(
+            Action.ORGANIZATION_STATS_EXPORT,
+            Actor.of(client),
+            Target(organization=req.organization_id),
+            "not_found" if stats is None else AUDIT_OK,
+        )
         if stats is None:
             return error("not_found")
         return ok(users=stats.users, data_size=stats.data_size, metadata_size=stats.metadata_size)
@@ -147,9 +165,18 @@ class BaseOrganizationComponent(ABC):
     async def api_organization_update(
         self, client: AdministrationClientContext, req: OrganizationUpdateReq
     ) -> Rep:
-        if not await self.update_expiration_date(req.organization_id, req.expiration_date):
+        found = await self.update_expiration_date(req.organization_id, req.expiration_date)
+        expires = req.expiration_date is not None and req.expiration_date <= DateTime.now()
+        self._audit.record(
+            Action.ORGANIZATION_EXPIRE if expires else Action.ORGANIZATION_UPDATE,
+            Actor.of(client),
+            Target(organization=req.organization_id),
+            AUDIT_OK if found else "not_found",
+            expiration_date=req.expiration_date,
+        )
+        if not found:
             return error("not_found")
-        if req.expiration_date is not None and req.expiration_date <= DateTime.now():
+        if expires:
             await self._event_bus.send(
                 OrganizationExpiredEvent(organization_id=req.organization_id)
             )

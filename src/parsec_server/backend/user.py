@@ -28,6 +28,8 @@ from parsec_server.api.protocol.user import (
     UserGetReq,
     UserRevokeReq,
 )
+from parsec_server.backend.audit import OK as AUDIT_OK
+from parsec_server.backend.audit import STREAM_ONLY, Action, Actor, AuditLog, Target
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import AuthenticatedClientContext
 from parsec_server.backend.events import (
@@ -174,8 +176,9 @@ def refuse_outsider(client: AuthenticatedClientContext) -> Rep | None:
 
 
 class BaseUserComponent(ABC):
-    def __init__(self, event_bus: EventBus) -> None:
+    def __init__(self, event_bus: EventBus, audit: AuditLog = STREAM_ONLY) -> None:
         self._event_bus = event_bus
+        self._audit = audit
 
     # Storage
 
@@ -434,6 +437,12 @@ class BaseUserComponent(ABC):
             req.revoked_user_certificate,
             client.device_id,
             cert.timestamp,
+        )
+        self._audit.record(
+            Action.USER_REVOKE,
+            Actor.of(client),
+            Target(organization=client.organization_id, user=cert.user_id),
+            AUDIT_OK if outcome is None else outcome.name.lower(),
         )
         match outcome:
             case UserRevokeBadOutcome.NOT_FOUND:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from parsec_server.api.codec import DateTime
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import (
     BaseOrganizationComponent,
@@ -19,9 +20,13 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 
 class MemoryOrganizationComponent(BaseOrganizationComponent):
     def __init__(
-        self, data: MemoryDatamodel, event_bus: EventBus, webhook: BootstrapWebhook
+        self,
+        data: MemoryDatamodel,
+        event_bus: EventBus,
+        webhook: BootstrapWebhook,
+        audit: AuditLog = STREAM_ONLY,
     ) -> None:
-        super().__init__(event_bus, webhook)
+        super().__init__(event_bus, webhook, audit)
         self._data = data
 
     async def create(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from parsec_server.api.codec import DateTime
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import (
     BaseOrganizationComponent,
@@ -69,8 +70,14 @@ def organization_from_row(row: asyncpg.Record) -> Organization:
 
 
 class PGOrganizationComponent(BaseOrganizationComponent):
-    def __init__(self, pool: asyncpg.Pool, event_bus: EventBus, webhook: BootstrapWebhook) -> None:
-        super().__init__(event_bus, webhook)
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        event_bus: EventBus,
+        webhook: BootstrapWebhook,
+        audit: AuditLog = STREAM_ONLY,
+    ) -> None:
+        super().__init__(event_bus, webhook, audit)
         self._pool = pool
 
     async def create(
