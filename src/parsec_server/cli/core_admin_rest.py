@@ -299,7 +299,7 @@ def export_stats(
     )
     content = _call(addr, administration_token, lambda api: api.server_stats(chosen, at))
     if str(output_file) == "-":
-        click.echo(content.decode(), nl=False)
+        click.echo(content, nl=False)  # bytes: written as they are
         return
     try:
         output_file.write_bytes(content)
