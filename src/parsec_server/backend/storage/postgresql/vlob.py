@@ -258,8 +258,9 @@ SELECT
 FROM target t
 """
 
-# The realm being re-encrypted ($4: the revision being built), with the revision rows
-# copied from (`old_ver`) and to (`new_ver`).
+# The realm being re-encrypted ($4: the revision being built, BIGINT so that any
+# revision of the protocol has a previous one), with the revision rows copied from
+# (`old_ver`) and to (`new_ver`).
 _SQL_MAINTENANCE_TARGET = f"""
 SELECT
     r._id AS realm, r.encryption_revision,
@@ -267,17 +268,19 @@ SELECT
     {sql_current_role("r", sql_user("r", "$2"))} AS role,
     (
         SELECT _id FROM vlob_encryption_revision
-        WHERE realm = r._id AND encryption_revision = $4 - 1
+        WHERE realm = r._id AND encryption_revision = $4::bigint - 1
     ) AS old_ver,
     (
         SELECT _id FROM vlob_encryption_revision
-        WHERE realm = r._id AND encryption_revision = $4
+        WHERE realm = r._id AND encryption_revision = $4::bigint
     ) AS new_ver
 FROM realm r JOIN organization o ON o._id = r.organization
 WHERE o.organization_id = $1 AND r.realm_id = $3
 """
 
-_MAINTENANCE_ALLOWED = "t.role = 'OWNER' AND t.in_maintenance AND t.encryption_revision = $4"
+_MAINTENANCE_ALLOWED = (
+    "t.role = 'OWNER' AND t.in_maintenance AND t.encryption_revision = $4::bigint"
+)
 
 # $1 organization_id, $2 user_id, $3 realm_id, $4 encryption_revision, $5 size.
 # The atoms of the previous revision without a copy in the new one.
