@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from nacl.signing import SigningKey
 
@@ -18,6 +19,7 @@ from parsec_server.api.codec import DateTime
 from parsec_server.api.crypto import sign
 from parsec_server.client.connection import AnonymousAuth, BackendConnection, HandshakeRefused
 from tests.backend.common import revocation, revoke
+from tests.backend.test_administration_api import Api
 from tests.backend.test_handshake import authenticated_answer
 from tests.fixtures.logs import json_lines, logging_to
 from tests.fixtures.raw import raw_connect, raw_handshake, recv_map
@@ -34,6 +36,11 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LINE_KEYS = ["time", "action", "actor", "target", "outcome", "reason", "details"]
 ADMINISTRATOR = {"kind": "administration_token", "address": "127.0.0.1"}
 PEER = {"kind": "peer", "address": "127.0.0.1"}
+CREATE_DETAILS = {
+    "expiration_date": None,
+    "active_users_limit": None,
+    "user_profile_outsider_allowed": True,
+}
 
 
 @dataclass
@@ -124,7 +131,7 @@ async def test_organization_create(audited: Audited) -> None:
             "organization.create",
             ADMINISTRATOR,
             {"organization": organization_id},
-            expiration_date=None,
+            **CREATE_DETAILS,
         )
         expiration = DateTime.now().add(3600)
         rep = await admin.cmd(
@@ -132,7 +139,8 @@ async def test_organization_create(audited: Audited) -> None:
         )
         assert rep["status"] == "ok"
         assert audited.audit.one()["details"] == {
-            "expiration_date": expiration.dt.isoformat(timespec="milliseconds")[:-6] + "Z"
+            **CREATE_DETAILS,
+            "expiration_date": expiration.dt.isoformat(timespec="milliseconds")[:-6] + "Z",
         }
 
 
@@ -146,8 +154,8 @@ async def test_organization_create_of_a_bootstrapped_one(
         "organization.create",
         ADMINISTRATOR,
         {"organization": org.organization_id},
-        "already_exists",
-        expiration_date=None,
+        "already_bootstrapped",
+        **CREATE_DETAILS,
     )
 
 
@@ -385,3 +393,124 @@ async def test_accepted_handshakes_and_ordinary_commands_are_not_audited(
     async with await audited.server.admin():
         pass
     assert audited.audit.new() == []
+
+
+# The REST administration API
+
+
+@pytest.fixture
+async def rest(audited: Audited) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, f"http://127.0.0.1:{audited.server.addr.port}/administration")
+
+
+async def test_rest_organization_create_and_update(audited: Audited, rest: Api) -> None:
+    organization_id = new_organization_id()
+    status, _ = await rest.call(
+        "POST", "/organizations", {"organization_id": organization_id, "active_users_limit": 3}
+    )
+    assert status == 200
+    target = {"organization": organization_id}
+    assert audited.audit.one() == line(
+        "organization.create",
+        ADMINISTRATOR,
+        target,
+        **{**CREATE_DETAILS, "active_users_limit": 3},
+    )
+    path = f"/organizations/{organization_id}"
+    await rest.call("PATCH", path, {"user_profile_outsider_allowed": False})
+    assert audited.audit.one() == line(
+        "organization.update", ADMINISTRATOR, target, user_profile_outsider_allowed=False
+    )
+    await rest.call("PATCH", path, {"is_expired": True})
+    assert audited.audit.one() == line(
+        "organization.expire", ADMINISTRATOR, target, is_expired=True
+    )
+    await rest.call("PATCH", path, {"is_expired": False})
+    assert audited.audit.one() == line(
+        "organization.update", ADMINISTRATOR, target, is_expired=False
+    )
+    status, _ = await rest.call("PATCH", "/organizations/Nope", {"is_expired": True})
+    assert status == 404
+    assert audited.audit.one() == line(
+        "organization.update",
+        ADMINISTRATOR,
+        {"organization": "Nope"},
+        "not_found",
+        is_expired=True,
+    )
+
+
+async def test_rest_freeze_and_unfreeze(audited: Audited, org: Organization, rest: Api) -> None:
+    path = f"/organizations/{org.organization_id}/users/freeze"
+    target = {"organization": org.organization_id, "user": "bob"}
+    await rest.call("POST", path, {"user_id": "bob", "frozen": True})
+    assert audited.audit.one() == line("user.freeze", ADMINISTRATOR, target, by_email=False)
+    await rest.call("POST", path, {"user_email": "bob@example.com", "frozen": False})
+    assert audited.audit.one() == line("user.unfreeze", ADMINISTRATOR, target, by_email=True)
+    status, _ = await rest.call("POST", path, {"user_email": "zack@example.com", "frozen": True})
+    assert status == 404
+    assert audited.audit.one() == line(
+        "user.freeze",
+        ADMINISTRATOR,
+        {"organization": org.organization_id},
+        "user_not_found",
+        by_email=True,
+    )
+
+
+async def test_rest_frozen_user_refused_at_handshake(
+    audited: Audited, org: Organization, rest: Api
+) -> None:
+    path = f"/organizations/{org.organization_id}/users/freeze"
+    await rest.call("POST", path, {"user_id": "bob", "frozen": True})
+    audited.audit.new()
+    rep = await raw_handshake(audited.server.addr, authenticated_answer(org.bob))
+    assert rep["result"] == "revoked_device"
+    assert audited.audit.one() == line(
+        "handshake.refused",
+        PEER,
+        device_target(org, org.bob.device_id),
+        "refused",
+        "frozen_user",
+        result="revoked_device",
+    )
+
+
+async def test_rest_stats_exports(audited: Audited, org: Organization, rest: Api) -> None:
+    await rest.call("GET", f"/organizations/{org.organization_id}/stats")
+    assert audited.audit.one() == line(
+        "organization.stats_export", ADMINISTRATOR, {"organization": org.organization_id}
+    )
+    await rest.call("GET", "/stats?format=csv&at=2024-06-01T00:00:00Z")
+    assert audited.audit.one() == line(
+        "server.stats_export", ADMINISTRATOR, {}, format="csv", at="2024-06-01T00:00:00.000Z"
+    )
+    await rest.call("GET", "/organizations")
+    await rest.call("GET", f"/organizations/{org.organization_id}/users")
+    assert audited.audit.new() == []
+
+
+async def test_rest_refused_tokens(audited: Audited, rest: Api) -> None:
+    status, _ = await rest.call("GET", "/organizations", headers={})
+    assert status == 401
+    assert audited.audit.one() == line(
+        "administration.token_refused",
+        PEER,
+        {},
+        "refused",
+        "no_administration_token",
+        status=401,
+    )
+    status, _ = await rest.call(
+        "GET", "/organizations", headers={"Authorization": "Bearer Wr0ng-S3CRET"}
+    )
+    assert status == 403
+    assert audited.audit.one() == line(
+        "administration.token_refused",
+        PEER,
+        {},
+        "refused",
+        "bad_administration_token",
+        status=403,
+    )

@@ -52,6 +52,7 @@ UNKNOWN_ORGANIZATION = "unknown_organization"
 ROOT_VERIFY_KEY_MISMATCH = "root_verify_key_mismatch"
 ORGANIZATION_EXPIRED = "organization_expired"
 REVOKED_DEVICE = "revoked_device"
+FROZEN_USER = "frozen_user"
 BAD_SIGNATURE = "bad_signature"
 BAD_CHALLENGE = "bad_challenge"
 BAD_ADMINISTRATION_TOKEN = "bad_administration_token"
@@ -195,6 +196,9 @@ async def _authenticated(
         return _failed(HandshakeResult.ORGANIZATION_EXPIRED, ORGANIZATION_EXPIRED, claimed)
     if user.is_revoked(now):
         return _failed(HandshakeResult.REVOKED_DEVICE, REVOKED_DEVICE, claimed)
+    # A frozen user gets the revoked user's refusal: the 2.0.0 client knows it.
+    if user.frozen:
+        return _failed(HandshakeResult.REVOKED_DEVICE, FROZEN_USER, claimed)
     try:
         returned = verify_signed(device.verify_key, answer.answer)
     except CryptoError:

@@ -245,9 +245,7 @@ async def check_migrations_applied(
     last_applied = await get_last_applied_migration(conn)
     extras_level = await get_extras_level(conn)
     pending = [
-        m.file_name
-        for m in migrations
-        if m.idx > (extras_level if m.extras else last_applied)
+        m.file_name for m in migrations if m.idx > (extras_level if m.extras else last_applied)
     ]
     if pending:
         if len(pending) == 1:
