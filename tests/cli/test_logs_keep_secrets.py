@@ -4,7 +4,8 @@ A server is run as an administrator would (`parsec backend run --log-level INFO
 --audit-log FILE`), with a bootstrap webhook whose URL carries credentials. Every kind of
 handshake happens (a wrong administration token included), an organization is
 bootstrapped, a user and a device are invited by e-mail and claimed, its stats exported,
-the user revoked and refused. Then the log file, the audit file and the server's output
+the user revoked and refused, then the REST administration API is used (a wrong token,
+a user frozen and unfrozen by e-mail). Then the log file, the audit file and the server's output
 are searched for every token, e-mail, name, password and key the scenario used.
 """
 
@@ -256,6 +257,19 @@ async def test_logs_of_a_full_scenario_hold_no_secret(
             await revoke(conn, admin, user.user_id)
         with pytest.raises(HandshakeRefused):
             await user.connect()
+
+        # The REST administration API: a wrong token, an update, a user frozen by e-mail,
+        # the server's stats exported.
+        rest = ["--addr", server.addr, "-T", ADMIN_TOKEN]
+        refused = await run(
+            tmp_path, "list_organizations", "--addr", server.addr, "-T", WRONG_TOKEN
+        )
+        assert refused.returncode != 0
+        ok(await run(tmp_path, "update_organization", *rest, "Org1", "--active-users-limit", "9"))
+        ok(await run(tmp_path, "freeze_user", *rest, "Org1", "--email", ADMIN_EMAIL))
+        ok(await run(tmp_path, "unfreeze_user", *rest, "Org1", "--email", ADMIN_EMAIL))
+        ok(await run(tmp_path, "list_organization_users", *rest, "Org1"))
+        ok(await run(tmp_path, "export_stats", *rest, str(tmp_path / "stats.csv")))
     finally:
         output = await server.stop()
 
@@ -275,6 +289,11 @@ async def test_logs_of_a_full_scenario_hold_no_secret(
         ("handshake.refused", "unknown_invitation"),
         ("user.revoke", None),
         ("handshake.refused", "revoked_device"),
+        ("administration.token_refused", "bad_administration_token"),
+        ("organization.update", None),
+        ("user.freeze", None),
+        ("user.unfreeze", None),
+        ("server.stats_export", None),
     }
     leaked = [secret for secret in secrets if secret in logs or secret in output or secret in audit]
     assert leaked == [], (leaked, logs, output, audit)
