@@ -161,7 +161,7 @@ def _has_code(statement: str) -> bool:
     return bool(without_comments.strip())
 
 
-def describe_statement(statement: str, width: int = 80) -> str:
+def describe_statement(statement: str, width: int = 100) -> str:
     """The statement's first line of code, for progress lines."""
     for line in statement.splitlines():
         line = line.strip()
