@@ -193,3 +193,14 @@ async def test_reference_at_level_1_without_migration_table(empty_postgresql_url
         await build_reference(conn, 1)
         report = await migrate(conn, dry_run=True)
     assert report.lines == [ALREADY_APPLIED[0], *APPLIED[1:], EXTRAS_APPLIED]
+
+
+async def test_a_bigint_sequence_of_an_upgraded_cluster_is_accepted(
+    empty_postgresql_url: str,
+) -> None:
+    # Clusters created before PostgreSQL 10 have untyped (bigint) SERIAL sequences
+    async with connect(empty_postgresql_url) as conn:
+        await build_reference(conn, 5)
+        await conn.execute("ALTER SEQUENCE vlob_atom__id_seq AS bigint")
+        report = await migrate(conn)
+    assert report.lines == [*ALREADY_APPLIED, EXTRAS_APPLIED]
