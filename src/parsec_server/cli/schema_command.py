@@ -182,6 +182,10 @@ def run_schema_command(
         report = asyncio.run(
             _run(action, db, db_first_tries_number, db_first_tries_sleep, dry_run, force)
         )
+    except KeyboardInterrupt:
+        click.echo(f"{title} ✘")
+        click.echo("Error: interrupted; run the command again (it does only what is left)")
+        sys.exit(130)
     except Exception as exc:
         click.echo(f"{title} ✘")
         if debug:

@@ -236,7 +236,9 @@ async def _locked_transaction(
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
         yield
     except BaseException:
-        await transaction.rollback()
+        # On a lost connection the server rolls back by itself: keep the first error
+        with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+            await transaction.rollback()
         raise
     if dry_run:
         await transaction.rollback()
