@@ -162,10 +162,7 @@ def _has_code(statement: str) -> bool:
 
 
 def describe_statement(statement: str, width: int = 100) -> str:
-    """The statement's first line of code, for progress lines."""
-    for line in statement.splitlines():
-        line = line.strip()
-        if line and not line.startswith("--"):
-            text = " ".join(line.split())
-            return text if len(text) <= width else text[: width - 1] + "…"
-    return ""
+    """The statement on one line, comments removed, cut at `width`: for progress lines."""
+    code = re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.DOTALL)
+    text = " ".join(code.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
