@@ -46,6 +46,8 @@ FOR UPDATE
 
 _SQL_SET_ROOT_VERIFY_KEY = "UPDATE organization SET root_verify_key = $2 WHERE _id = $1"
 
+# metadata_size counts every vlob_atom row, old encryption revisions included (they are
+# kept after a re-encryption), as Parsec 2.0.0 does.
 _SQL_STATS = """
 SELECT
     (SELECT COUNT(*) FROM user_ WHERE organization = o._id) AS users,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-from parsec_server.api.certificates import UserCertificate, unsecure_load
+from parsec_server.api.certificates import DeviceCertificate, UserCertificate, unsecure_load
 from parsec_server.api.codec import DateTime
 from parsec_server.api.ids import HumanHandle, UserProfile
 from parsec_server.backend.events import EventBus
@@ -61,9 +61,9 @@ FROM organization o
 JOIN device d ON d.organization = o._id AND d.device_id = $2
 JOIN user_ u ON u._id = d.user_
 LEFT JOIN human h ON h._id = u.human
-LEFT JOIN device uc ON uc._id = u.certifier
-LEFT JOIN device ur ON ur._id = u.revoker
-LEFT JOIN device dc ON dc._id = d.certifier
+LEFT JOIN device uc ON uc._id = u.user_certifier
+LEFT JOIN device ur ON ur._id = u.revoked_user_certifier
+LEFT JOIN device dc ON dc._id = d.device_certifier
 WHERE o.organization_id = $1
 """
 
@@ -89,7 +89,7 @@ RETURNING _id
 _SQL_INSERT_USER = """
 INSERT INTO user_ (
     organization, user_id, profile, user_certificate, redacted_user_certificate,
-    certifier, created_on, human
+    user_certifier, created_on, human
 )
 VALUES (
     $1, $2, $3, $4, $5,
@@ -101,7 +101,7 @@ RETURNING _id
 _SQL_INSERT_DEVICE = """
 INSERT INTO device (
     organization, user_, device_id, device_label, device_certificate,
-    redacted_device_certificate, verify_key, certifier, created_on
+    redacted_device_certificate, verify_key, device_certifier, created_on
 )
 VALUES (
     $1,
@@ -120,12 +120,12 @@ SELECT
     uc.device_id AS user_certifier, ur.device_id AS revoker,
     ARRAY(
         SELECT ROW(d.device_certificate, d.redacted_device_certificate, dc.device_id)
-        FROM device d LEFT JOIN device dc ON dc._id = d.certifier
+        FROM device d LEFT JOIN device dc ON dc._id = d.device_certifier
         WHERE d.user_ = u._id ORDER BY d._id
     ) AS devices
 FROM user_ u
-LEFT JOIN device uc ON uc._id = u.certifier
-LEFT JOIN device ur ON ur._id = u.revoker
+LEFT JOIN device uc ON uc._id = u.user_certifier
+LEFT JOIN device ur ON ur._id = u.revoked_user_certifier
 WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
     AND u.user_id = $2
 """
@@ -138,9 +138,9 @@ SELECT
     u.revoked_user_certificate, ur.device_id AS revoker
 FROM device d
 JOIN user_ u ON u._id = d.user_
-LEFT JOIN device dc ON dc._id = d.certifier
-LEFT JOIN device uc ON uc._id = u.certifier
-LEFT JOIN device ur ON ur._id = u.revoker
+LEFT JOIN device dc ON dc._id = d.device_certifier
+LEFT JOIN device uc ON uc._id = u.user_certifier
+LEFT JOIN device ur ON ur._id = u.revoked_user_certifier
 WHERE d.organization = (SELECT _id FROM organization WHERE organization_id = $1)
     AND d.device_id = ANY($2::text[])
 """
@@ -149,7 +149,9 @@ _SQL_REVOKE = """
 UPDATE user_ SET
     revoked_on = $3,
     revoked_user_certificate = $4,
-    revoker = (SELECT _id FROM device WHERE organization = user_.organization AND device_id = $5)
+    revoked_user_certifier = (
+        SELECT _id FROM device WHERE organization = user_.organization AND device_id = $5
+    )
 WHERE organization = (SELECT _id FROM organization WHERE organization_id = $1)
     AND user_id = $2 AND revoked_on IS NULL
 RETURNING _id
@@ -167,6 +169,15 @@ SELECT
 FROM user_ u LEFT JOIN human h ON h._id = u.human
 WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
 """
+
+
+def _verify_key(row: asyncpg.Record) -> bytes:
+    """The device's verify key: the stored copy, or, for a device stored by Parsec 2.0.0
+    (which keeps none), the key of its certificate (checked when it was stored)."""
+    stored: bytes | None = row["verify_key"]
+    if stored is not None:
+        return stored
+    return unsecure_load(DeviceCertificate, row["device_certificate"]).verify_key
 
 
 async def insert_user_and_device(
@@ -262,7 +273,7 @@ class PGUserComponent(BaseUserComponent):
             redacted_device_certificate=row["redacted_device_certificate"],
             device_certifier=row["device_certifier"],
             created_on=DateTime(row["device_created_on"]),
-            verify_key=row["verify_key"],
+            verify_key=_verify_key(row),
         )
         return organization, user, device
 
