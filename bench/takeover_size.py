@@ -23,8 +23,9 @@
    positions in _id order; after the downgrade, the reference's
    `parsec backend migrate --dry-run` finds nothing to apply and `pg_dump
    --schema-only` equals a fresh Parsec 2.0.0 database's.
-5. Prints the figures (wall time, WAL written, database size) and drops the databases,
-   unless --keep.
+5. Prints the figures (wall time, database size, and the WAL the PostgreSQL cluster
+   wrote meanwhile: other databases' writes count too) and drops the databases, unless
+   --keep.
 
 This is a program that prints figures, not a test. It exits 1 if a check failed.
 Needed: the reference in /tmp/parsec-reference-2.0.0 (`scripts/reference-parsec`), a
@@ -175,6 +176,7 @@ class CommandRun:
     returncode: int
     lines: list[str]
     seconds: float
+    killed: bool = False  # by `kill_after`
 
 
 def _visible(raw: str) -> str:
@@ -182,8 +184,11 @@ def _visible(raw: str) -> str:
     return raw.rstrip("\r").split("\r")[-1]
 
 
-async def run_command(argv: Sequence[str], *, indent: str = "    ") -> CommandRun:
-    """Run a command, echoing each output line (stdout and stderr) with the elapsed time."""
+async def run_command(
+    argv: Sequence[str], *, indent: str = "    ", kill_after: float | None = None
+) -> CommandRun:
+    """Run a command, echoing each output line (stdout and stderr) with the elapsed time;
+    SIGKILL it after `kill_after` seconds if it still runs."""
     clock = Clock()
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -192,17 +197,28 @@ async def run_command(argv: Sequence[str], *, indent: str = "    ") -> CommandRu
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, "COLUMNS": "200"},
     )
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert stdout is not None
     lines: list[str] = []
-    while True:
-        raw = await proc.stdout.readline()
-        if not raw:
-            break
-        line = _visible(raw.decode("utf-8", "replace").rstrip("\n"))
-        lines.append(line)
-        say(f"{indent}[{clock.elapsed():7.1f} s] {line}")
+
+    async def echo() -> None:
+        while raw := await stdout.readline():
+            line = _visible(raw.decode("utf-8", "replace").rstrip("\n"))
+            lines.append(line)
+            say(f"{indent}[{clock.elapsed():7.1f} s] {line}")
+
+    killed = False
+    reader = asyncio.create_task(echo())
+    try:
+        await asyncio.wait_for(asyncio.shield(reader), kill_after)
+    except TimeoutError:
+        if proc.returncode is None:
+            proc.kill()
+            killed = True
+            say(f"{indent}[{clock.elapsed():7.1f} s] (killed with SIGKILL)")
+        await reader
     returncode = await proc.wait()
-    return CommandRun(list(argv), returncode, lines, clock.elapsed())
+    return CommandRun(list(argv), returncode, lines, clock.elapsed(), killed)
 
 
 async def command_exists(parsec: str, *subcommand: str) -> bool:
@@ -1016,8 +1032,64 @@ async def run_step(step: Step, argv: list[str], url: str) -> None:
     step.wal_bytes = wal_after - wal_before
     say(
         f"    -> exit {step.run.returncode} in {fmt_duration(step.run.seconds)},"
-        f" WAL {fmt_bytes(step.wal_bytes)}, database {fmt_bytes(step.db_size)}"
+        f" WAL of the cluster {fmt_bytes(step.wal_bytes)}, database {fmt_bytes(step.db_size)}"
     )
+
+
+async def wait_until_unused(server_url: str, name: str, limit_seconds: float = 600) -> float:
+    """Wait until no session is connected to database `name` (a killed client's
+    PostgreSQL backend finishes its statement first); returns the seconds waited."""
+    clock = Clock()
+    async with connected(server_url) as conn:
+        while clock.elapsed() < limit_seconds:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            count = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            if count == 0:
+                break
+            await asyncio.sleep(0.2)
+    return clock.elapsed()
+
+
+async def interrupted_takeover(
+    checks: Checks,
+    args: argparse.Namespace,
+    url: str,
+    fresh_url: str | None,
+    base: Snapshot,
+    columns: dict[str, list[tuple[str, str]]],
+    kill_after: float,
+) -> None:
+    say(f"\n== interrupted takeover: our parsec backend migrate, SIGKILL after {kill_after:.1f} s")
+    run = await run_command([args.parsec, "backend", "migrate", "--db", url], kill_after=kill_after)
+    name = urlsplit(url).path.lstrip("/")
+    waited = await wait_until_unused(args.postgresql_url, name)
+    say(f"    the database's sessions ended {waited:.1f} s after the kill")
+    if not run.killed:
+        checks.note(f"migrate finished in {run.seconds:.1f} s, before the kill: handing back")
+        await run_command([args.parsec, "backend", "downgrade", "--db", url])
+        return
+    async with connected(url) as conn:
+        ext = await conn.fetch(
+            "SELECT relname::text FROM pg_class WHERE relname LIKE 'ext\\_%'"
+            " AND relnamespace = current_schema()::regnamespace"
+        )
+    checks.check(
+        not ext, "interrupted takeover: no ext_* object left", ", ".join(r[0] for r in ext)
+    )
+    if fresh_url is not None:
+        diff = list(
+            difflib.unified_diff(
+                await schema_dump(fresh_url), await schema_dump(url), lineterm="", n=0
+            )
+        )
+        checks.check(
+            not diff,
+            "interrupted takeover: schema still the Parsec 2.0.0 one",
+            "\n" + "\n".join(diff[:20]) if diff else "",
+        )
+    compare_snapshots(checks, "interrupted takeover", base, await snapshot(url, columns))
 
 
 # --------------------------------------------------------------------------- main
@@ -1158,6 +1230,17 @@ async def main_async(args: argparse.Namespace, report: dict[str, Any]) -> int:
                     "\n" + "\n".join(diff[:40]) if diff else "",
                 )
 
+            # An interrupted takeover leaves the database as it was.
+            await interrupted_takeover(
+                checks,
+                args,
+                url,
+                fresh_url if fresh.returncode == 0 else None,
+                base,
+                columns,
+                takeover.run.seconds / 2,
+            )
+
             # 3. Takeover again
             again = Step("takeover again", "our parsec backend migrate")
             steps.append(again)
@@ -1177,14 +1260,17 @@ async def main_async(args: argparse.Namespace, report: dict[str, Any]) -> int:
             f" {fmt_bytes(size0)}"
         )
         say(f"    fill: {fmt_duration(fill_seconds)}")
-        say(f"    {'step':<16} {'command':<30} {'wall time':>12} {'WAL':>10} {'database':>10}")
+        say(
+            f"    {'step':<16} {'command':<30} {'wall time':>12} {'WAL (cluster)':>14}"
+            f" {'database':>10}"
+        )
         for step in steps:
             if not step.available or step.run is None:
                 say(f"    {step.name:<16} {step.command:<30} {'not available':>12}")
                 continue
             say(
                 f"    {step.name:<16} {step.command:<30} {fmt_duration(step.run.seconds):>12}"
-                f" {fmt_bytes(step.wal_bytes):>10} {fmt_bytes(step.db_size):>10}"
+                f" {fmt_bytes(step.wal_bytes):>14} {fmt_bytes(step.db_size):>10}"
             )
         say(f"    total run: {fmt_duration(total.elapsed())}")
         report.update(
