@@ -14,15 +14,17 @@
    in `block_data`: the PostgreSQL blockstore), messages (some with the duplicate
    indexes the reference can store), invitations of both APIs.
 3. Times our `parsec backend migrate` (takeover), our `parsec backend downgrade`
-   (hand-back; reported "not available" on a version that lacks it) and our migrate
-   again, printing their output as it comes with the elapsed time.
+   (hand-back; reported "not available" on a version that lacks it), an interrupted
+   takeover (our migrate killed with SIGKILL halfway) and our migrate again, printing
+   their output as it comes with the elapsed time.
 4. Checks after each step: row counts and a checksum of every row of the 16 Parsec
    2.0.0 tables (their own columns; blobs through md5) are unchanged (message indexes
    apart: the takeover may renumber duplicates, see below); after the takeover, every
    device's verify_key equals the one of its certificate and message indexes are the
    positions in _id order; after the downgrade, the reference's
    `parsec backend migrate --dry-run` finds nothing to apply and `pg_dump
-   --schema-only` equals a fresh Parsec 2.0.0 database's.
+   --schema-only` equals a fresh Parsec 2.0.0 database's; after the interrupted
+   takeover, no ext_* object is left and the schema is still that one.
 5. Prints the figures (wall time, database size, and the WAL the PostgreSQL cluster
    wrote meanwhile: other databases' writes count too) and drops the databases, unless
    --keep.
