@@ -556,7 +556,7 @@ FROM (
         md5($8 || ':vlob:' || (s.n / $5 * $6 + ($3::int[])[s.n % $5 + 1]))::uuid AS vlob_id,
         ($4::int[])[s.n % $5 + 1] AS version,
         uuid_send(md5($8 || ':blob:' || s.n)::uuid)
-            || (SELECT b FROM size_blob_pool WHERE i = s.n * 7919 % $7) AS blob,
+            || (SELECT b FROM size_blob_pool WHERE i = s.n::bigint * 7919 % $7) AS blob,
         ($11::int[])[($1::int[])[s.n / $5 + 1]]
             + (s.n * 31 + s.n / $5) % ($12::int[])[($1::int[])[s.n / $5 + 1]] AS author,
         $13::timestamptz + s.n * interval '20 seconds' AS created_on
@@ -577,7 +577,7 @@ FROM (
     SELECT a.organization, r2._id AS rev2, a.vlob_id, a.version, a.author, a.created_on,
            a.deleted_on,
            uuid_send(md5($3 || ':copy:' || a._id)::uuid)
-               || (SELECT b FROM size_blob_pool WHERE i = a._id * 104729 % $4) AS blob
+               || (SELECT b FROM size_blob_pool WHERE i = a._id::bigint * 104729 % $4) AS blob
     FROM vlob_atom a
     JOIN vlob_encryption_revision r1 ON r1._id = a.vlob_encryption_revision
     JOIN vlob_encryption_revision r2 ON r2.realm = r1.realm AND r2.encryption_revision = 2
@@ -1300,11 +1300,11 @@ async def main_async(args: argparse.Namespace, report: dict[str, Any]) -> int:
             }
         )
     finally:
+        await drop_database(args.postgresql_url, fresh_name)
         if args.keep:
             say(f"\nkept: {url}")
         else:
             await drop_database(args.postgresql_url, name)
-            await drop_database(args.postgresql_url, fresh_name)
     if checks.failures:
         say(f"\n{len(checks.failures)} check(s) failed: {'; '.join(checks.failures)}")
         return 1
