@@ -24,7 +24,7 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from parsec_server.backend.realm_types import READ_ROLES, WRITE_ROLES
 from parsec_server.backend.storage.postgresql import block, message, user, vlob
-from parsec_server.backend.storage.postgresql.migrations import apply_migrations
+from parsec_server.backend.storage.postgresql.migrations import migrate
 
 _FILL = """
 INSERT INTO organization (organization_id, bootstrap_token, root_verify_key)
@@ -118,7 +118,7 @@ async def _run(url: str, realms: int) -> int:
     try:
         conn = await asyncpg.connect(url.rsplit("/", 1)[0] + f"/{name}")
         try:
-            await apply_migrations(conn)
+            await migrate(conn)
             await conn.execute(_FILL.format(realms=realms))
             return await _explain_all(conn)
         finally:
