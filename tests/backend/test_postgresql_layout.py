@@ -161,7 +161,8 @@ async def test_reencryption_keeps_the_old_atoms_and_serves_their_copies(
         realm,
     )
     assert [r["encryption_revision"] for r in revisions] == [1, 2]
-    old, new = [], []
+    old: list[dict[str, Any]] = []
+    new: list[dict[str, Any]] = []
     for atom in await atoms(db, realm):
         (old if atom["encryption_revision"] == 1 else new).append(atom)
     assert [a["blob"] for a in old] == list(OLD_BLOBS.values())
