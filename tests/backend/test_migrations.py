@@ -284,7 +284,7 @@ async def test_takeover_keeps_the_reference_rows_and_fills_the_extras(
         report = await migrate(conn)
 
         assert report.notes == [
-            "vlob ids used by several realms (served from the realm of their first "
+            "vlob ids used by several realms (served from the realm of their latest "
             f"version): {data.shared_vlob_id}"
         ]
         keys = await conn.fetch("SELECT device_id, verify_key FROM device ORDER BY device_id")

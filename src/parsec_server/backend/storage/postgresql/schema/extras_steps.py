@@ -72,7 +72,7 @@ async def backfill_verify_keys(conn: asyncpg.Connection, step: ProgressStep) -> 
 
 async def shared_vlob_ids(conn: asyncpg.Connection) -> list[str]:
     """Vlob ids Parsec 2.0.0 let two realms use (ours are unique per organization):
-    served from the realm of their first version, to be known by the operator."""
+    served from the realm of their latest version, to be known by the operator."""
     rows = await conn.fetch(_SQL_SHARED_VLOB_IDS)
     return [f"{row['organization_id']}/{row['vlob_id']}" for row in rows]
 

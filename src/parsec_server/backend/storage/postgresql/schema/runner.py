@@ -298,7 +298,7 @@ async def _migrate(run: _Run, force: bool) -> None:
             shared = await shared_vlob_ids(run.conn)
         if shared:
             run.report.notes.append(
-                "vlob ids used by several realms (served from the realm of their first "
+                "vlob ids used by several realms (served from the realm of their latest "
                 f"version): {_names(shared, limit=20)}"
             )
 
