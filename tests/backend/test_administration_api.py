@@ -418,3 +418,15 @@ def test_openapi_document_has_every_route_with_its_error_answers() -> None:
             assert "\\Z" not in json.dumps(prop)  # ECMA-262 anchors only
     freeze = document["components"]["schemas"]["UserFreezeReq"]
     assert freeze["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "date", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "2030-01-01T01:00:00+01:00"]
+)
+async def test_expiration_dates_at_the_ends_of_the_range_are_read_back(api: Api, date: str) -> None:
+    path = f"/organizations/{await create(api)}"
+    status, rep = await api.call("PATCH", path, {"expiration_date": date})
+    assert status == 200, rep
+    assert datetime.fromisoformat(rep["expiration_date"]) == datetime.fromisoformat(date)
+    status, rep = await api.call("PATCH", path, {"expiration_date": "0001-01-01T00:00:00+01:00"})
+    assert (status, rep["error"]) == (400, "invalid_data")

@@ -229,15 +229,15 @@ class BaseOrganizationComponent(ABC):
 
     async def update_organization(
         self, actor: str, organization_id: str, update: OrganizationUpdate
-    ) -> OrganizationDetails | None:
-        """The organization once updated; None if it does not exist."""
+    ) -> bool:
+        """False if the organization does not exist."""
         expiration_date = update.expiration_date
         if not isinstance(update.is_expired, UnsetType):
-            current = await self.get_details(organization_id)
+            current = await self.get(organization_id)
             if current is None:
-                return None
+                return False
             expiration_date = _expiration_for(
-                current.organization.expiration_date, update.is_expired, DateTime.now()
+                current.expiration_date, update.is_expired, DateTime.now()
             )
         found = await self.update(
             organization_id,
@@ -249,11 +249,9 @@ class BaseOrganizationComponent(ABC):
         await self.audit.record(
             "organization.update", actor, organization_id, "ok" if found else "NOT_FOUND"
         )
-        if not found:
-            return None
-        if not isinstance(expiration_date, UnsetType):
+        if found and not isinstance(expiration_date, UnsetType):
             await self._announce_expiration(organization_id, expiration_date)
-        return await self.get_details(organization_id)
+        return found
 
     async def _announce_expiration(
         self, organization_id: str, expiration_date: DateTime | None
@@ -299,7 +297,7 @@ class BaseOrganizationComponent(ABC):
         self, client: AdministrationClientContext, req: OrganizationUpdateReq
     ) -> Rep:
         update = OrganizationUpdate(expiration_date=req.expiration_date)
-        if await self.update_organization(WEBSOCKET_ACTOR, req.organization_id, update) is None:
+        if not await self.update_organization(WEBSOCKET_ACTOR, req.organization_id, update):
             return error("not_found")
         return OK
 

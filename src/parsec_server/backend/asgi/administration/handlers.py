@@ -150,9 +150,9 @@ async def update_organization(request: AdminRequest) -> HttpResponse:
         active_users_limit=body.active_users_limit,
         user_profile_outsider_allowed=body.user_profile_outsider_allowed,
     )
-    details = await request.app.organization.update_organization(
-        request.actor, organization_id, update
-    )
+    organizations = request.app.organization
+    found = await organizations.update_organization(request.actor, organization_id, update)
+    details = await organizations.get_details(organization_id) if found else None
     if details is None:
         raise _organization_not_found(organization_id)
     return _ok(request, _organization_rep(details))
