@@ -6,7 +6,7 @@ breathing command (events_listen) runs while the socket keeps being read: a new 
 abandons it without reply. A command waiting for another client (a rendezvous step) runs
 while the socket is watched: the connection closing abandons it, a new request waits for
 its reply. A connection can also be closed from outside (its user revoked, its
-organization expired), which abandons whatever it is doing.
+organization expired, its user frozen), which abandons whatever it is doing.
 
 When the server shuts down (`drain`), the connection is closed with code 1001 (going
 away) as soon as it is not processing a request: at once if it waits for its client or
@@ -48,7 +48,12 @@ from parsec_server.backend.client_context import (
     CloseConnection,
     InvitedClientContext,
 )
-from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
+from parsec_server.backend.events import (
+    Event,
+    OrganizationExpiredEvent,
+    UserFrozenEvent,
+    UserRevokedEvent,
+)
 from parsec_server.backend.metrics import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -92,7 +97,8 @@ class ClientConnection:
         client = self.client
         if isinstance(client, AuthenticatedClientContext):
             if isinstance(event, OrganizationExpiredEvent) or (
-                isinstance(event, UserRevokedEvent) and event.user_id == client.user_id
+                isinstance(event, UserRevokedEvent | UserFrozenEvent)
+                and event.user_id == client.user_id
             ):
                 self.request_close()
                 return

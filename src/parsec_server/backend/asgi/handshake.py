@@ -132,7 +132,8 @@ async def _authenticated(
     if organization.is_expired(now):
         await app.event_bus.send(OrganizationExpiredEvent(organization_id=answer.organization_id))
         return _failed(HandshakeResult.ORGANIZATION_EXPIRED)
-    if user.is_revoked(now):
+    # A frozen user gets the revoked user's refusal: the 2.0.0 client knows it.
+    if user.is_revoked(now) or user.frozen:
         return _failed(HandshakeResult.REVOKED_DEVICE)
     try:
         returned = verify_signed(device.verify_key, answer.answer)
