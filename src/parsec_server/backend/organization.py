@@ -28,7 +28,8 @@ from parsec_server.api.protocol.organization import (
     OrganizationStatusReq,
     OrganizationUpdateReq,
 )
-from parsec_server.backend.admin_audit import NULL_AUDIT, AdministrationAudit
+from parsec_server.backend.audit import OK as AUDIT_OK
+from parsec_server.backend.audit import STREAM_ONLY, Action, Actor, AuditLog, Target
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
@@ -133,12 +134,12 @@ def _invalid_certification(detail: str) -> Rep:
 
 
 class BaseOrganizationComponent(ABC):
-    # Where administration actions are recorded (set by the app; does nothing by default).
-    audit: AdministrationAudit = NULL_AUDIT
-
-    def __init__(self, event_bus: EventBus, webhook: BootstrapWebhook) -> None:
+    def __init__(
+        self, event_bus: EventBus, webhook: BootstrapWebhook, audit: AuditLog = STREAM_ONLY
+    ) -> None:
         self._event_bus = event_bus
         self._webhook = webhook
+        self._audit = audit
 
     # Storage
 
@@ -203,7 +204,7 @@ class BaseOrganizationComponent(ABC):
 
     async def create_organization(
         self,
-        actor: str,
+        actor: Actor,
         organization_id: str,
         expiration_date: DateTime | None,
         settings: OrganizationSettings = DEFAULT_SETTINGS,
@@ -221,37 +222,59 @@ class BaseOrganizationComponent(ABC):
             DateTime.now(),
             replace_unbootstrapped,
         )
-        # AUDIT: organization created (or refused)
-        await self.audit.record(
-            "organization.create", actor, organization_id, outcome.name if outcome else "ok"
+        self._audit.record(
+            Action.ORGANIZATION_CREATE,
+            actor,
+            Target(organization=organization_id),
+            AUDIT_OK if outcome is None else outcome.name.lower(),
+            expiration_date=expiration_date,
+            active_users_limit=settings.active_users_limit,
+            user_profile_outsider_allowed=settings.user_profile_outsider_allowed,
         )
         return token if outcome is None else outcome
 
     async def update_organization(
-        self, actor: str, organization_id: str, update: OrganizationUpdate
-    ) -> bool:
-        """False if the organization does not exist."""
+        self, actor: Actor, organization_id: str, update: OrganizationUpdate
+    ) -> OrganizationDetails | None:
+        """The organization once updated; None if it does not exist. Audited as
+        `organization.expire` when its expiration date becomes reached, else
+        `organization.update`."""
         expiration_date = update.expiration_date
+        found = True
         if not isinstance(update.is_expired, UnsetType):
-            current = await self.get(organization_id)
-            if current is None:
-                return False
-            expiration_date = _expiration_for(
-                current.expiration_date, update.is_expired, DateTime.now()
+            current = await self.get_details(organization_id)
+            found = current is not None
+            if current is not None:
+                expiration_date = _expiration_for(
+                    current.organization.expiration_date, update.is_expired, DateTime.now()
+                )
+        if found:
+            found = await self.update(
+                organization_id,
+                expiration_date,
+                update.active_users_limit,
+                update.user_profile_outsider_allowed,
             )
-        found = await self.update(
-            organization_id,
-            expiration_date,
-            update.active_users_limit,
-            update.user_profile_outsider_allowed,
+        expires = isinstance(expiration_date, DateTime) and expiration_date <= DateTime.now()
+        given = {
+            "expiration_date": update.expiration_date,
+            "is_expired": update.is_expired,
+            "active_users_limit": update.active_users_limit,
+            "user_profile_outsider_allowed": update.user_profile_outsider_allowed,
+        }
+        self._audit.record(
+            Action.ORGANIZATION_EXPIRE if expires else Action.ORGANIZATION_UPDATE,
+            actor,
+            Target(organization=organization_id),
+            AUDIT_OK if found else "not_found",
+            None,
+            **{key: value for key, value in given.items() if not isinstance(value, UnsetType)},
         )
-        # AUDIT: organization updated
-        await self.audit.record(
-            "organization.update", actor, organization_id, "ok" if found else "NOT_FOUND"
-        )
-        if found and not isinstance(expiration_date, UnsetType):
+        if not found:
+            return None
+        if not isinstance(expiration_date, UnsetType):
             await self._announce_expiration(organization_id, expiration_date)
-        return found
+        return await self.get_details(organization_id)
 
     async def _announce_expiration(
         self, organization_id: str, expiration_date: DateTime | None
@@ -266,7 +289,10 @@ class BaseOrganizationComponent(ABC):
         self, client: AdministrationClientContext, req: OrganizationCreateReq
     ) -> Rep:
         token = await self.create_organization(
-            WEBSOCKET_ACTOR, req.organization_id, req.expiration_date, replace_unbootstrapped=True
+            Actor.of(client),
+            req.organization_id,
+            req.expiration_date,
+            replace_unbootstrapped=True,
         )
         if isinstance(token, OrganizationCreateBadOutcome):
             return error("already_exists")
@@ -289,6 +315,12 @@ class BaseOrganizationComponent(ABC):
         self, client: AdministrationClientContext, req: OrganizationStatsReq
     ) -> Rep:
         stats = await self.stats(req.organization_id, None)
+        self._audit.record(
+            Action.ORGANIZATION_STATS_EXPORT,
+            Actor.of(client),
+            Target(organization=req.organization_id),
+            "not_found" if stats is None else AUDIT_OK,
+        )
         if stats is None:
             return error("not_found")
         return ok(users=stats.users, data_size=stats.data_size, metadata_size=stats.metadata_size)
@@ -297,7 +329,7 @@ class BaseOrganizationComponent(ABC):
         self, client: AdministrationClientContext, req: OrganizationUpdateReq
     ) -> Rep:
         update = OrganizationUpdate(expiration_date=req.expiration_date)
-        if not await self.update_organization(WEBSOCKET_ACTOR, req.organization_id, update):
+        if await self.update_organization(Actor.of(client), req.organization_id, update) is None:
             return error("not_found")
         return OK
 
@@ -322,10 +354,6 @@ class BaseOrganizationComponent(ABC):
                 pass
         await self._webhook.notify_bootstrap(client.organization_id, user, device)
         return OK
-
-
-# Who acts, for the audit, when the administration uses the websocket commands.
-WEBSOCKET_ACTOR = "administration websocket command"
 
 
 def _expiration_for(

@@ -28,7 +28,8 @@ from parsec_server.api.protocol.user import (
     UserGetReq,
     UserRevokeReq,
 )
-from parsec_server.backend.admin_audit import NULL_AUDIT, AdministrationAudit
+from parsec_server.backend.audit import OK as AUDIT_OK
+from parsec_server.backend.audit import STREAM_ONLY, Action, Actor, AuditLog, Target
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import AuthenticatedClientContext
 from parsec_server.backend.events import (
@@ -198,11 +199,9 @@ def refuse_outsider(client: AuthenticatedClientContext) -> Rep | None:
 
 
 class BaseUserComponent(ABC):
-    # Where administration actions are recorded (set by the app; does nothing by default).
-    audit: AdministrationAudit = NULL_AUDIT
-
-    def __init__(self, event_bus: EventBus) -> None:
+    def __init__(self, event_bus: EventBus, audit: AuditLog = STREAM_ONLY) -> None:
         self._event_bus = event_bus
+        self._audit = audit
 
     # Storage
 
@@ -276,7 +275,7 @@ class BaseUserComponent(ABC):
 
     async def freeze_user(
         self,
-        actor: str,
+        actor: Actor,
         organization_id: str,
         user_id: str | None,
         email: str | None,
@@ -285,10 +284,16 @@ class BaseUserComponent(ABC):
         """Frozen: refused at the handshake, and its connections closed on every server
         process (the `user.frozen` event, as a revocation)."""
         outcome = await self.set_frozen(organization_id, user_id, email, frozen)
-        target = f"{organization_id}/{user_id or email}"
-        result = outcome.name if isinstance(outcome, UserFreezeBadOutcome) else "ok"
-        # AUDIT: user frozen or unfrozen
-        await self.audit.record("user.freeze" if frozen else "user.unfreeze", actor, target, result)
+        # The user by its id: found by e-mail, the id is known; else `by_email` only says
+        # that it was looked up by e-mail (never the address).
+        found = outcome.user_id if isinstance(outcome, UserSummary) else user_id
+        self._audit.record(
+            Action.USER_FREEZE if frozen else Action.USER_UNFREEZE,
+            actor,
+            Target(organization=organization_id, user=found),
+            outcome.name.lower() if isinstance(outcome, UserFreezeBadOutcome) else AUDIT_OK,
+            by_email=email is not None,
+        )
         if frozen and isinstance(outcome, UserSummary):
             await self._event_bus.send(
                 UserFrozenEvent(organization_id=organization_id, user_id=outcome.user_id)
@@ -504,6 +509,12 @@ class BaseUserComponent(ABC):
             req.revoked_user_certificate,
             client.device_id,
             cert.timestamp,
+        )
+        self._audit.record(
+            Action.USER_REVOKE,
+            Actor.of(client),
+            Target(organization=client.organization_id, user=cert.user_id),
+            AUDIT_OK if outcome is None else outcome.name.lower(),
         )
         match outcome:
             case UserRevokeBadOutcome.NOT_FOUND:

@@ -16,6 +16,14 @@ from parsec_server.cli.core_admin import (
     stats_organization,
     status_organization,
 )
+from parsec_server.cli.core_admin_rest import (
+    export_stats,
+    freeze_user,
+    list_organization_users,
+    list_organizations,
+    unfreeze_user,
+    update_organization,
+)
 from parsec_server.cli.core_device import bootstrap_organization, list_devices
 from parsec_server.cli.core_invite import (
     cancel_invitation,
@@ -74,6 +82,12 @@ backend.add_command(downgrade)
 core.add_command(create_organization)
 core.add_command(status_organization)
 core.add_command(stats_organization)
+core.add_command(list_organizations)
+core.add_command(update_organization)
+core.add_command(list_organization_users)
+core.add_command(freeze_user)
+core.add_command(unfreeze_user)
+core.add_command(export_stats)
 core.add_command(bootstrap_organization)
 core.add_command(list_devices)
 core.add_command(invite_user)

@@ -33,7 +33,12 @@ from parsec_server.backend.asgi.dispatch import (
     CommandTable,
     InvalidMessageFormat,
 )
-from parsec_server.backend.asgi.handshake import do_handshake
+from parsec_server.backend.asgi.handshake import (
+    INVALID_MESSAGE_FORMAT,
+    HandshakeOutcome,
+    do_handshake,
+    record_refusal,
+)
 from parsec_server.backend.asgi.websocket import (
     TEXT_FRAME,
     AsgiWebSocket,
@@ -82,6 +87,7 @@ class ClientConnection:
         self._app = app
         self._tables = tables
         self._ws = ws
+        self._peer_address = peer_address
         self.client: ClientContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._close_requested = False
@@ -176,10 +182,14 @@ class ClientConnection:
             return
         if raw is TEXT_FRAME:
             self._app.metrics.handshake_done(HandshakeResult.BAD_PROTOCOL)
+            refusal = HandshakeOutcome(
+                b"", result=HandshakeResult.BAD_PROTOCOL, reason=INVALID_MESSAGE_FORMAT
+            )
+            record_refusal(self._app.audit, self._peer_address, refusal)
             await self._reply_invalid_format_and_close()
             return
         assert isinstance(raw, bytes)
-        outcome = await do_handshake(self._app, challenge, raw)
+        outcome = await do_handshake(self._app, challenge, raw, self._peer_address)
         self._app.metrics.handshake_done(outcome.result)
         await self._ws.send(outcome.frame)
         if outcome.client is None:

@@ -2,10 +2,11 @@
 and out, authenticated by the administration token (`Authorization: Bearer`).
 
 Order of the checks: the OpenAPI document (`/administration/openapi.json`) is public;
-every other path first needs the token (401 without one, 403 with a wrong one, logged
-with the peer address: nothing about the routes is told before), then a route (404,
-405), then the query and the body (400, 413, 415), then the handler. Every answer is
-JSON, errors included; an unexpected failure is logged and answered 500 as JSON.
+every other path first needs the token (401 without one, 403 with a wrong one, an audit
+line with the peer address, docs/audit-log.md: nothing about the routes is told before),
+then a route (404, 405), then the query and the body (400, 413, 415), then the handler.
+Every answer is JSON, errors included; an unexpected failure is logged and answered 500
+as JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from parsec_server.backend.asgi.administration.request import AdminRequest
 from parsec_server.backend.asgi.administration.routes import OPENAPI_PATH, PREFIX, ROUTES
 from parsec_server.backend.asgi.proxy import peer_address
 from parsec_server.backend.asgi.routes import HttpResponse, package_version, send_response
+from parsec_server.backend.audit import NO_TARGET, REFUSED, Action, Actor
 
 if TYPE_CHECKING:
     from parsec_server.backend.app import BackendApp
@@ -83,10 +85,13 @@ class AdministrationApi:
         peer = peer_address(scope)
         refused = check_bearer(headers, self._backend.config.administration_token)
         if refused is not None:
-            logger.warning(
-                "Administration API: authentication refused",
-                peer_address=peer,
-                reason=refused.error,
+            self._backend.audit.record(
+                Action.ADMINISTRATION_TOKEN_REFUSED,
+                Actor.peer(peer),
+                NO_TARGET,
+                REFUSED,
+                "no_administration_token" if refused.status == 401 else "bad_administration_token",
+                status=refused.status,
             )
             raise refused
 
@@ -103,7 +108,7 @@ class AdministrationApi:
         if route.body is not None:
             raw = await read_body(headers, receive, self._backend.config.http_header_timeout)
             body = decode_body(raw, route.body)
-        actor = f"administration REST API from {peer}"
+        actor = Actor.administration_token(peer)
         return await route.handler(AdminRequest(self._backend, actor, params, query, body))
 
 

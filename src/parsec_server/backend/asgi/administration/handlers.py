@@ -23,6 +23,8 @@ from parsec_server.backend.asgi.administration.http import (
 )
 from parsec_server.backend.asgi.administration.request import AdminRequest
 from parsec_server.backend.asgi.routes import HttpResponse
+from parsec_server.backend.audit import NO_TARGET, Action, Target
+from parsec_server.backend.audit import OK as AUDIT_OK
 from parsec_server.backend.organization import (
     OrganizationCreateBadOutcome,
     OrganizationDetails,
@@ -150,9 +152,9 @@ async def update_organization(request: AdminRequest) -> HttpResponse:
         active_users_limit=body.active_users_limit,
         user_profile_outsider_allowed=body.user_profile_outsider_allowed,
     )
-    organizations = request.app.organization
-    found = await organizations.update_organization(request.actor, organization_id, update)
-    details = await organizations.get_details(organization_id) if found else None
+    details = await request.app.organization.update_organization(
+        request.actor, organization_id, update
+    )
     if details is None:
         raise _organization_not_found(organization_id)
     return _ok(request, _organization_rep(details))
@@ -178,6 +180,12 @@ def _per_profile(stats: OrganizationStats) -> s.UsersPerProfileRep:
 async def organization_stats(request: AdminRequest) -> HttpResponse:
     organization_id = _organization_id(request)
     stats = await request.app.organization.stats(organization_id, None)
+    request.app.audit.record(
+        Action.ORGANIZATION_STATS_EXPORT,
+        request.actor,
+        Target(organization=organization_id),
+        "not_found" if stats is None else AUDIT_OK,
+    )
     if stats is None:
         raise _organization_not_found(organization_id)
     rep = s.OrganizationStatsRep(
@@ -194,6 +202,9 @@ async def organization_stats(request: AdminRequest) -> HttpResponse:
 async def server_stats(request: AdminRequest) -> HttpResponse:
     query: s.ServerStatsQuery = request.query
     at = None if query.at is UNSET else _instant(query.at)
+    request.app.audit.record(
+        Action.SERVER_STATS_EXPORT, request.actor, NO_TARGET, AUDIT_OK, format=query.format, at=at
+    )
     items = [
         s.OrganizationStatsItem(
             organization_id=organization_id,

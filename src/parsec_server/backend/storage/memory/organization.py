@@ -5,6 +5,7 @@ import dataclasses
 from msgspec import UnsetType
 
 from parsec_server.api.codec import DateTime
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import (
     BaseOrganizationComponent,
@@ -23,9 +24,13 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 
 class MemoryOrganizationComponent(BaseOrganizationComponent):
     def __init__(
-        self, data: MemoryDatamodel, event_bus: EventBus, webhook: BootstrapWebhook
+        self,
+        data: MemoryDatamodel,
+        event_bus: EventBus,
+        webhook: BootstrapWebhook,
+        audit: AuditLog = STREAM_ONLY,
     ) -> None:
-        super().__init__(event_bus, webhook)
+        super().__init__(event_bus, webhook, audit)
         self._data = data
 
     async def create(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from parsec_server.api.codec import DateTime
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import Organization
 from parsec_server.backend.storage.memory.datamodel import MemoryDatamodel, MemoryOrganization
@@ -29,8 +30,10 @@ def _email_taken(org: MemoryOrganization, email: str) -> bool:
 
 
 class MemoryUserComponent(BaseUserComponent):
-    def __init__(self, data: MemoryDatamodel, event_bus: EventBus) -> None:
-        super().__init__(event_bus)
+    def __init__(
+        self, data: MemoryDatamodel, event_bus: EventBus, audit: AuditLog = STREAM_ONLY
+    ) -> None:
+        super().__init__(event_bus, audit)
         self._data = data
 
     async def get_identity(

@@ -5,6 +5,7 @@ from msgspec import UnsetType
 
 from parsec_server.api.codec import DateTime
 from parsec_server.api.ids import UserProfile
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import (
     BaseOrganizationComponent,
@@ -153,8 +154,14 @@ def organization_from_row(row: asyncpg.Record) -> Organization:
 
 
 class PGOrganizationComponent(BaseOrganizationComponent):
-    def __init__(self, pool: asyncpg.Pool, event_bus: EventBus, webhook: BootstrapWebhook) -> None:
-        super().__init__(event_bus, webhook)
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        event_bus: EventBus,
+        webhook: BootstrapWebhook,
+        audit: AuditLog = STREAM_ONLY,
+    ) -> None:
+        super().__init__(event_bus, webhook, audit)
         self._pool = pool
 
     async def create(

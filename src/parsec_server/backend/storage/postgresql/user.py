@@ -7,6 +7,7 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from parsec_server.api.certificates import DeviceCertificate, UserCertificate, unsecure_load
 from parsec_server.api.codec import DateTime
 from parsec_server.api.ids import HumanHandle, UserProfile
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import Organization, OrganizationSettings
 from parsec_server.backend.storage.postgresql.utils import to_datetime
@@ -283,8 +284,10 @@ async def _certified_devices(
 
 
 class PGUserComponent(BaseUserComponent):
-    def __init__(self, pool: asyncpg.Pool, event_bus: EventBus) -> None:
-        super().__init__(event_bus)
+    def __init__(
+        self, pool: asyncpg.Pool, event_bus: EventBus, audit: AuditLog = STREAM_ONLY
+    ) -> None:
+        super().__init__(event_bus, audit)
         self._pool = pool
 
     async def get_identity(
