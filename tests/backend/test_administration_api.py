@@ -12,12 +12,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import jsonschema  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from parsec_server.api.addr import BackendOrganizationBootstrapAddr
 from parsec_server.api.ids import UserProfile
 from parsec_server.backend.asgi.administration.handlers import CSV_HEADER
 from parsec_server.backend.asgi.administration.http import MAX_BODY_SIZE
+from parsec_server.backend.asgi.administration.openapi import openapi_document
 from parsec_server.backend.asgi.administration.routes import ROUTES
 from parsec_server.client.connection import HandshakeRefused
 from parsec_server.client.organization import CommandFailed, bootstrap_organization
@@ -394,3 +396,37 @@ async def test_bad_input_is_a_json_error(api: Api, org: Organization) -> None:
     for method, path, headers, data, expected_status, error in cases:
         status, rep = await api.call(method, path, headers=dict(headers), data=data)
         assert (status, rep["error"]) == (expected_status, error), (method, path, data)
+
+
+# --- OpenAPI document -------------------------------------------------------------------------
+
+
+def test_openapi_document_has_every_route_with_its_error_answers() -> None:
+    document = openapi_document("test")
+    for route in ROUTES:
+        operation = document["paths"][route.path][route.method.lower()]
+        statuses = set(operation["responses"])
+        assert {"200", "401", "403"} <= statuses, route.path
+        if route.body is not None:
+            assert {"400", "413", "415"} <= statuses, route.path
+            assert operation["requestBody"]["required"] is True
+        if "{organization_id}" in route.path:
+            assert "404" in statuses, route.path
+    for schema in document["components"]["schemas"].values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+        for prop in schema.get("properties", {}).values():
+            assert "\\Z" not in json.dumps(prop)  # ECMA-262 anchors only
+    freeze = document["components"]["schemas"]["UserFreezeReq"]
+    assert freeze["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "date", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "2030-01-01T01:00:00+01:00"]
+)
+async def test_expiration_dates_at_the_ends_of_the_range_are_read_back(api: Api, date: str) -> None:
+    path = f"/organizations/{await create(api)}"
+    status, rep = await api.call("PATCH", path, {"expiration_date": date})
+    assert status == 200, rep
+    assert datetime.fromisoformat(rep["expiration_date"]) == datetime.fromisoformat(date)
+    status, rep = await api.call("PATCH", path, {"expiration_date": "0001-01-01T00:00:00+01:00"})
+    assert (status, rep["error"]) == (400, "invalid_data")

@@ -55,6 +55,15 @@ def _ok(request: AdminRequest, value: msgspec.Struct) -> HttpResponse:
     return json_response(200, value, request.app.config.debug)
 
 
+def _instant(value: datetime) -> DateTime:
+    """A date of a request; those whose UTC time falls outside the years 1 to 9999 (e.g.
+    `0001-01-01T00:00:00+01:00`) are refused."""
+    try:
+        return DateTime(value)
+    except OverflowError:
+        raise ApiError(400, "invalid_data", "Date out of the years 1 to 9999 (UTC)") from None
+
+
 def _organization_not_found(organization_id: str) -> ApiError:
     return ApiError(404, "organization_not_found", f"Organization `{organization_id}` not found")
 
@@ -75,7 +84,7 @@ async def create_organization(request: AdminRequest) -> HttpResponse:
     organization_id = body.organization_id
     if not is_valid_name(organization_id):  # the pattern counts characters, not bytes
         raise ApiError(400, "invalid_data", "Invalid organization id (at most 32 bytes)")
-    expiration = None if body.expiration_date is None else DateTime(body.expiration_date)
+    expiration = None if body.expiration_date is None else _instant(body.expiration_date)
     settings = OrganizationSettings(
         active_users_limit=body.active_users_limit,
         user_profile_outsider_allowed=body.user_profile_outsider_allowed,
@@ -138,7 +147,7 @@ async def update_organization(request: AdminRequest) -> HttpResponse:
     body: s.OrganizationUpdateReq = request.body
     expiration = body.expiration_date
     update = OrganizationUpdate(
-        expiration_date=DateTime(expiration) if isinstance(expiration, datetime) else expiration,
+        expiration_date=_instant(expiration) if isinstance(expiration, datetime) else expiration,
         is_expired=body.is_expired,
         active_users_limit=body.active_users_limit,
         user_profile_outsider_allowed=body.user_profile_outsider_allowed,
@@ -192,7 +201,7 @@ async def organization_stats(request: AdminRequest) -> HttpResponse:
 
 async def server_stats(request: AdminRequest) -> HttpResponse:
     query: s.ServerStatsQuery = request.query
-    at = None if query.at is UNSET else DateTime(query.at)
+    at = None if query.at is UNSET else _instant(query.at)
     request.app.audit.record(
         Action.SERVER_STATS_EXPORT, request.actor, NO_TARGET, AUDIT_OK, format=query.format, at=at
     )

@@ -4,11 +4,13 @@ media type), the query string, the bearer token."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import msgspec
+import msgspec.inspect
 
 from parsec_server.api.crypto import secrets_equal
 from parsec_server.backend.asgi.administration.schemas import ErrorRep
@@ -132,13 +134,28 @@ def _too_large() -> ApiError:
 
 
 def decode_body(body: bytes, type_: Any) -> Any:
-    """`body` decoded and validated as `type_` (a Struct, possibly Annotated)."""
+    """`body` decoded and validated as `type_` (a Struct, possibly Annotated). A number
+    with a zero fraction (`3.0`) is an integer, as JSON Schema says."""
     try:
-        return msgspec.json.decode(body, type=type_)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_data", str(exc)) from None
+        value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", str(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "Too deeply nested") from None
+    try:
+        return msgspec.convert(_integral_floats_as_ints(value), type_)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_data", str(exc)) from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def decode_query(query_string: bytes, type_: type[T]) -> T:
@@ -156,10 +173,27 @@ def decode_query(query_string: bytes, type_: type[T]) -> T:
         if name in params:
             raise ApiError(400, "invalid_data", f"Query parameter `{name}` is repeated")
         params[name] = value
+    integers = _integer_fields(type_)
+    converted: dict[str, Any] = {
+        name: int(value) if name in integers and _INTEGER.fullmatch(value) else value
+        for name, value in params.items()
+    }
     try:
-        return msgspec.convert(params, type_, strict=False)
+        return msgspec.convert(converted, type_)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_data", _query_message(str(exc))) from None
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
+def _integer_fields(type_: Any) -> frozenset[str]:
+    """The fields of a query struct whose values are integers (the others stay strings)."""
+    info = msgspec.inspect.type_info(type_)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(
+        f.encode_name for f in info.fields if isinstance(f.type, msgspec.inspect.IntType)
+    )
 
 
 def _query_message(message: str) -> str:
