@@ -185,7 +185,8 @@ def print_table(results: list[Measure], servers: list[str]) -> None:
     for n in sorted({m.connections for m in results}):
         rows = []
         for label, get, spec in ROWS:
-            if "storage CPU" in label and storage == "memory":
+            # No storage process of its own (SQLite works inside the server's).
+            if "storage CPU" in label and storage in ("memory", "sqlite"):
                 continue
             values = {s: get(by_key[(s, n)]) for s in servers if (s, n) in by_key}
             rows.append((label, values, spec, "busy" not in label))
