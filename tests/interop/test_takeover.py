@@ -31,6 +31,7 @@ Steps 4 and 5 are about the database only: they run on the POSTGRESQL block stor
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ from tests.interop.test_guide_workspaces import (
     Member,
     Story,
     add_member,
+    result_of,
     sha256,
     summary,
 )
@@ -200,9 +202,38 @@ async def continue_reencryption(args):
         })
 
 
+async def stats(args):
+    # `organization_stats` of `target`, as the reference's `stats_organization` asks it.
+    from parsec.api.protocol import OrganizationID
+    from parsec.core.backend_connection import apiv1_backend_administration_cmds_factory
+    from parsec.core.types import BackendAddr
+
+    async with apiv1_backend_administration_cmds_factory(
+        BackendAddr.from_url(args["addr"]), args["administration_token"]
+    ) as cmds:
+        rep = await cmds.organization_stats(OrganizationID(args["target"]))
+    result({key: str(value) for key, value in rep.items()})
+
+
+async def batch(args):
+    # Several commands in one process (the reference library takes seconds to import):
+    # their results as one list, in order.
+    global result
+    print_result, results = result, []
+    result = results.append
+    try:
+        for step in args["steps"]:
+            await COMMANDS[step["command"]](step["arguments"])
+    finally:
+        result = print_result
+    result(results)
+
+
 COMMANDS.update({
     f.__name__: f
-    for f in (invite, set_role, server_view, start_reencryption, continue_reencryption)
+    for f in (
+        invite, set_role, server_view, start_reencryption, continue_reencryption, stats, batch
+    )
 })
 """
 TAKEOVER_SCRIPT = REFERENCE_COMMANDS + TAKEOVER_COMMANDS + REFERENCE_MAIN
@@ -214,6 +245,10 @@ FROM block JOIN organization ON organization._id = block.organization
 ORDER BY block._id
 """
 BLOCK_DATA_SQL = "SELECT organization_id, block_id, length(data) AS size FROM block_data"
+METADATA_SIZE_SQL = """
+SELECT sum(vlob_atom.size) FROM vlob_atom JOIN organization
+ON organization._id = vlob_atom.organization WHERE organization.organization_id = $1
+"""
 DEVICE_VERIFY_KEYS_SQL = """
 SELECT device.device_id, device.verify_key IS NOT NULL AS cached
 FROM device JOIN organization ON organization._id = device.organization
@@ -280,28 +315,34 @@ class Scenario:
             args["workspace_id"] = workspace.id
         return self.org.run(command, self.member(name), **args)
 
-    def read_fresh(self, name: str, workspace: Workspace) -> dict[str, Any]:
-        outcome: dict[str, Any] = self.org.run(
-            "read", self.member(name), self.org.fresh_data_dir(), workspace_id=workspace.id
-        )
-        return outcome
+    def step(
+        self,
+        command: str,
+        name: str,
+        workspace: Workspace | None = None,
+        /,
+        *,
+        fresh: bool = False,
+        **args: Any,
+    ) -> dict[str, Any]:
+        """One command of a `batch`, as `name` (from an empty data folder if `fresh`)."""
+        if workspace is not None:
+            args["workspace_id"] = workspace.id
+        data_dir = self.org.fresh_data_dir() if fresh else None
+        return {
+            "command": command,
+            "arguments": self.org.arguments(self.member(name), data_dir, **args),
+        }
 
-    def history(self, name: str) -> dict[str, Any]:
-        """The versions of "/history.txt" in "Documents", as `name` sees them from an empty
-        data folder (the end of the last one, "now", left out)."""
-        outcome: dict[str, Any] = self.org.run(
-            "history",
-            self.member(name),
-            self.org.fresh_data_dir(),
-            workspace_id=self.docs.id,
-            path="/history.txt",
+    def batch(self, *steps: dict[str, Any]) -> list[Any]:
+        """The steps' results, run one after the other by one reference process."""
+        arguments = json.dumps({"steps": list(steps)})
+        process = self.cli.python(
+            TAKEOVER_SCRIPT, "batch", arguments, timeout=SCRIPT_TIMEOUT * len(steps)
         )
-        outcome["versions"][-1]["late"] = None
-        return outcome
-
-    def server_view(self, name: str) -> dict[str, Any]:
-        view: dict[str, Any] = self.run("server_view", name, realms=[self.docs.id, self.ongo.id])
-        return view
+        results: list[Any] = result_of(process)
+        assert len(results) == len(steps), results
+        return results
 
     def add_member(self, name: str, greeter: str, kind: str, token: str | None = None) -> Member:
         full_name = f"{name.capitalize()} Takeover" if kind == "user" else ""
@@ -320,12 +361,17 @@ class Scenario:
         self.members[name] = member
         return member
 
-    def invite(self, name: str, greeter: str, kind: str) -> None:
-        """An invitation for `name`, kept pending."""
-        email = f"{name}@example.com" if kind == "user" else ""
-        self.pending[name] = self.run("invite", greeter, kind=kind, email=email)["token"]
+    def stats_step(self, organization: str) -> dict[str, Any]:
+        return self.step(
+            "stats",
+            "alice",
+            addr=self.deployment.addr,
+            administration_token=self.deployment.administration_token,
+            target=organization,
+        )
 
     def stats(self, organization: str | None = None) -> dict[str, str]:
+        """`organization_stats` through the reference CLI's `stats_organization`."""
         result = self.cli.run(
             "core",
             "stats_organization",
@@ -337,10 +383,6 @@ class Scenario:
         )
         assert result.returncode == 0, describe(result)
         return parse_key_values(result.stdout)
-
-    def connect(self, name: str) -> str:
-        outcome: str = self.run("connect", name)["outcome"]
-        return outcome
 
     def report_sections(self) -> list[tuple[str, str]]:
         return self.deployment.report_sections()
@@ -400,19 +442,45 @@ def scenario(
 # --- Checks shared by the steps -----------------------------------------------------------
 
 
+OBSERVED = (
+    "documents_by_alice",
+    "documents_by_bob",
+    "documents_by_alice2",
+    "history",
+    "alice_view",
+    "bob_view",
+    "carol_connects",
+    "bob_connects",
+)
+
+
+def observe(scenario: Scenario) -> dict[str, Any]:
+    """What the clients see of the reference phase's data, from empty data folders:
+    "Documents" and its history, messages, roles, realm statuses and invitations, the
+    revoked user. (Reading may still write: a client sometimes saves its user manifest
+    again.)"""
+    docs, realms = scenario.docs, [scenario.docs.id, scenario.ongo.id]
+    results = scenario.batch(
+        scenario.step("read", "alice", docs, fresh=True),
+        scenario.step("read", "bob", docs, fresh=True),
+        scenario.step("read", "alice2", docs, fresh=True),
+        scenario.step("history", "bob", docs, fresh=True, path="/history.txt"),
+        scenario.step("server_view", "alice", realms=realms),
+        scenario.step("server_view", "bob", realms=realms),
+        scenario.step("connect", "carol"),
+        scenario.step("connect", "bob"),
+    )
+    observed = dict(zip(OBSERVED, results, strict=True))
+    observed["history"]["versions"][-1]["late"] = None  # "now"
+    return observed
+
+
 def check_as_recorded(scenario: Scenario) -> None:
     """Whatever server runs, the clients see exactly what they saw through the reference
-    at the end of its phase (read-only: nothing here writes)."""
-    recorded = scenario.recorded
-    assert scenario.stats() == recorded["stats"]
-    assert scenario.stats(scenario.second_organization) == recorded["second_stats"]
-    for name in ("alice", "bob", "alice2"):
-        assert scenario.read_fresh(name, scenario.docs) == recorded["documents"], name
-    assert scenario.history("bob") == recorded["history"]
-    assert scenario.server_view("alice") == recorded["alice_view"]
-    assert scenario.server_view("bob") == recorded["bob_view"]
-    assert scenario.connect("carol") == "BackendConnectionRefused: Device has been revoked"
-    assert scenario.connect("bob") == "ok"
+    at the end of its phase."""
+    observed = observe(scenario)
+    for key in OBSERVED:
+        assert observed[key] == scenario.recorded[key], key
 
 
 def check_blocks(scenario: Scenario) -> None:
@@ -462,8 +530,9 @@ def expect_migrate_output(result: Any) -> None:
     assert f"{EXTRAS} ✔" in result.stdout, describe(result)
 
 
-def take_over(scenario: Scenario) -> None:
-    """Stop the reference, our `migrate` (rows unchanged), our `run`."""
+def take_over(scenario: Scenario) -> Snapshot:
+    """Stop the reference, our `migrate` (rows unchanged), our `run`; returns the snapshot
+    taken once the reference stopped."""
     deployment = scenario.deployment
     deployment.stop()
     before = logical_snapshot(deployment.database_url)
@@ -474,6 +543,7 @@ def take_over(scenario: Scenario) -> None:
     assert again.returncode == 0, describe(again)
     assert f"{EXTRAS} (already applied)" in again.stdout, describe(again)
     deployment.start("ours")
+    return before
 
 
 # --- 1. Reference phase -------------------------------------------------------------------
@@ -522,29 +592,26 @@ def test_reference_phase_builds_the_story_and_its_checks_pass_after_a_restart(
     )
     scenario.documents = Workspace(created["workspace_id"], created["files"])
     docs = scenario.docs
-    scenario.run(
-        "write", "alice", docs, path="/history.txt", contents=[v.decode() for v in HISTORY]
-    )
     docs.files["/history.txt"] = summary(HISTORY[-1])
-    roles = scenario.run(
-        "share", "alice", docs, user_ids=[users["bob"], users["carol"]], role="CONTRIBUTOR"
-    )
-    assert roles == {
-        users["alice"]: "OWNER",
-        users["bob"]: "CONTRIBUTOR",
-        users["carol"]: "CONTRIBUTOR",
-    }
-    roles = scenario.run("set_role", "alice", docs, user_id=users["bob"], role="MANAGER")
-    assert roles[users["bob"]] == "MANAGER"
-    roles = scenario.run("set_role", "alice", docs, user_id=users["carol"], role=None)
-    assert roles == {users["alice"]: "OWNER", users["bob"]: "MANAGER"}
-    scenario.run("write", "bob", docs, path="/from-bob.txt", contents=["Bob was here\n"])
     docs.files["/from-bob.txt"] = summary(b"Bob was here\n")
-    finished = scenario.run("reencrypt", "alice", docs, batch_size=4)
-    assert finished["in_maintenance"] is False
-    assert finished["encryption_revision"] == 2
+    bob, carol = users["bob"], users["carol"]
+    _, shared, promoted, removed, _, finished = scenario.batch(
+        scenario.step(
+            "write", "alice", docs, path="/history.txt", contents=[v.decode() for v in HISTORY]
+        ),
+        scenario.step("share", "alice", docs, user_ids=[bob, carol], role="CONTRIBUTOR"),
+        scenario.step("set_role", "alice", docs, user_id=bob, role="MANAGER"),
+        scenario.step("set_role", "alice", docs, user_id=carol, role=None),
+        scenario.step("write", "bob", docs, path="/from-bob.txt", contents=["Bob was here\n"]),
+        scenario.step("reencrypt", "alice", docs, batch_size=4),
+    )
+    assert shared == {users["alice"]: "OWNER", bob: "CONTRIBUTOR", carol: "CONTRIBUTOR"}
+    assert promoted[bob] == "MANAGER"
+    assert removed == {users["alice"]: "OWNER", bob: "MANAGER"}
+    assert (finished["in_maintenance"], finished["encryption_revision"]) == (False, 2)
 
-    # "Ongoing": shared, its re-encryption started and left after one batch of two
+    # "Ongoing": shared, its re-encryption started and left after one batch of two; Carol
+    # revoked; a user and a device invitation left pending
     created = write_files(
         scenario,
         "alice",
@@ -553,27 +620,36 @@ def test_reference_phase_builds_the_story_and_its_checks_pass_after_a_restart(
     )
     scenario.ongoing = Workspace(created["workspace_id"], created["files"])
     ongoing = scenario.ongo
-    scenario.run("share", "alice", ongoing, user_ids=[users["bob"]], role="CONTRIBUTOR")
-    assert scenario.read_fresh("bob", ongoing)["files"] == ongoing.files
-    started = scenario.run("start_reencryption", "alice", ongoing, batch_size=2, batches=1)
+    _, seen, started, revoked, erin, alice3 = scenario.batch(
+        scenario.step("share", "alice", ongoing, user_ids=[bob], role="CONTRIBUTOR"),
+        scenario.step("read", "bob", ongoing, fresh=True),
+        scenario.step("start_reencryption", "alice", ongoing, batch_size=2, batches=1),
+        scenario.step("revoke", "alice", user_id=carol),
+        scenario.step("invite", "alice", kind="user", email="erin@example.com"),
+        scenario.step("invite", "alice", kind="device"),
+    )
+    assert seen["files"] == ongoing.files
     [[total, saved]] = started["batches"]
     assert (saved, started["in_maintenance"], started["encryption_revision"]) == (2, True, 2)
     assert total > saved
+    assert revoked == {"revoked": True}
+    scenario.pending.update(erin=erin["token"], alice3=alice3["token"])
 
-    # Carol revoked; a user and a device invitation left pending
-    assert scenario.run("revoke", "alice", user_id=users["carol"]) == {"revoked": True}
-    scenario.invite("erin", "alice", "user")
-    scenario.invite("alice3", "alice", "device")
-
-    # What the clients see through the reference
-    seen = scenario.read_fresh("alice", docs)
-    assert seen["files"] == docs.files
-    assert seen["encryption_revision"] == 2
-    assert seen["roles"] == {users["alice"]: "OWNER", users["bob"]: "MANAGER"}
-    history = scenario.history("bob")
+    # What the clients see through the reference. Each device reads once first: the
+    # clients synchronize whatever the messages told them (their user manifests); after
+    # that, reading writes nothing.
+    scenario.batch(
+        *(scenario.step("read", n, docs, fresh=True) for n in ("alice", "alice2", "bob"))
+    )
+    recorded = observe(scenario)
+    for name in ("alice", "bob", "alice2"):
+        seen = recorded[f"documents_by_{name}"]
+        assert seen["files"] == docs.files, name
+        assert seen["encryption_revision"] == 2, name
+        assert seen["roles"] == {users["alice"]: "OWNER", users["bob"]: "MANAGER"}, name
+    history = recorded["history"]
     assert [v["content"].encode() for v in history["versions"] if v["size"]] == list(HISTORY)
-    alice_view = scenario.server_view("alice")
-    bob_view = scenario.server_view("bob")
+    alice_view, bob_view = recorded["alice_view"], recorded["bob_view"]
     assert {i["claimer_email"] for i in alice_view["invitations"] if "claimer_email" in i} == {
         "erin@example.com"
     }
@@ -585,25 +661,36 @@ def test_reference_phase_builds_the_story_and_its_checks_pass_after_a_restart(
         "True",
         "2",
     )
-    # 3 MiB in blocks of 512 KiB, the other files in one each
-    stats = scenario.stats()
-    assert stats["status"] == "ok" and stats["users"] == "3"
-    assert int(stats["data_size"]) > BIG_FILE_SIZE
-    scenario.recorded = {
-        "stats": stats,
-        "second_stats": scenario.stats(scenario.second_organization),
-        "documents": scenario.read_fresh("bob", docs),
-        "history": history,
-        "alice_view": alice_view,
-        "bob_view": bob_view,
+    assert recorded["carol_connects"] == {
+        "outcome": "BackendConnectionRefused: Device has been revoked"
     }
+    assert recorded["bob_connects"] == {"outcome": "ok"}
+    scenario.recorded = recorded
 
-    # Baseline: the checks pass on the reference itself, after a restart
-    deployment.stop()
-    deployment.start("reference")
-    check_as_recorded(scenario)
+    # Baseline: the same checks pass on the reference itself after a restart (on one
+    # block store: this tests the test)
+    if deployment.blockstore == "POSTGRESQL":
+        deployment.stop()
+        deployment.start("reference")
+        check_as_recorded(scenario)
     check_blocks(scenario)
-    scenario.snapshot = logical_snapshot(deployment.database_url)
+
+    # The organizations' stats, the last thing before the takeover (no client runs
+    # any more)
+    stats, second_stats = scenario.batch(
+        scenario.stats_step(scenario.org.organization),
+        scenario.stats_step(scenario.second_organization),
+    )
+    assert stats["status"] == "ok" and stats["users"] == "3"
+    assert int(stats["data_size"]) > BIG_FILE_SIZE  # 3 MiB in blocks, and the others
+    assert second_stats == {
+        "status": "ok",
+        "users": "0",
+        "data_size": "0",
+        "metadata_size": "0",
+    }
+    assert scenario.stats() == stats  # the reference CLI asks the same
+    scenario.recorded.update(stats=stats, second_stats=second_stats)
     if scenario.s3 is not None:
         scenario.block_store = {
             key: sha256(data) for key, data in bucket_objects(scenario.s3).items()
@@ -619,15 +706,25 @@ def test_takeover_serves_everything_the_reference_stored_then_carries_on(
 ) -> None:
     scenario.require("reference")
     deployment = scenario.deployment
-    take_over(scenario)
+    scenario.snapshot = take_over(scenario)
+    # The stats are the reference's (nothing was written since it reported them)
+    assert [scenario.recorded["stats"]["metadata_size"]] == [
+        str(row["sum"])
+        for row in fetch(deployment.database_url, METADATA_SIZE_SQL, scenario.org.organization)
+    ], "written after the reference reported its stats"
+    stats = scenario.batch(
+        scenario.stats_step(scenario.org.organization),
+        scenario.stats_step(scenario.second_organization),
+    )
+    assert stats == [scenario.recorded["stats"], scenario.recorded["second_stats"]]
 
+    # Files, history, messages, roles, realm statuses (one still in re-encryption),
+    # pending invitations, the revoked user: as the reference served them
     check_as_recorded(scenario)
     check_blocks(scenario)
-    # Reading changed no row the reference wrote
+    # ... and reading changed no row the reference wrote
     after_reads = logical_snapshot(deployment.database_url)
     assert changed_rows(scenario.snapshot, after_reads, new_rows_allowed=True) == []
-    ongoing_status = scenario.server_view("alice")["realms"][scenario.ongo.id]["status"]
-    assert ongoing_status["in_maintenance"] == "True"
 
     # The second organization is bootstrapped with the token the reference gave
     second_config = scenario.folder / "second-config"
@@ -641,41 +738,54 @@ def test_takeover_serves_everything_the_reference_stored_then_carries_on(
     )
     assert bootstrap.returncode == 0, describe(bootstrap)
     checked = authenticated_check(scenario.cli, second_config, scenario.second_organization)
-    assert checked["user_get_status"] == "ok"
-    assert checked["profile"] == "ADMIN"
+    assert (checked["user_get_status"], checked["profile"]) == ("ok", "ADMIN")
 
     # Both pending invitations are claimed
     scenario.add_member("erin", "alice", "user", token=scenario.pending.pop("erin"))
     scenario.add_member("alice3", "alice", "device", token=scenario.pending.pop("alice3"))
     assert scenario.member("alice3").user_id == scenario.member("alice").user_id
-    assert scenario.server_view("alice")["invitations"] == []
 
-    # The interrupted re-encryption is finished
-    finished = scenario.run("continue_reencryption", "alice", scenario.ongo, batch_size=2)
+    # The interrupted re-encryption is finished; new writes: Erin joins "Documents" as a
+    # reader, Bob writes, Alice's new device reads; an invitation for the reference
+    docs, ongoing = scenario.docs, scenario.ongo
+    erin = scenario.member("erin").user_id
+    docs.files["/after-takeover.txt"] = summary(b"v2\n")
+    (
+        alice_view,
+        finished,
+        ongoing_by_alice,
+        ongoing_by_bob,
+        roles,
+        _,
+        docs_by_erin,
+        docs_by_alice3,
+        frank,
+        stats,
+    ) = scenario.batch(
+        scenario.step("server_view", "alice", realms=[]),
+        scenario.step("continue_reencryption", "alice", ongoing, batch_size=2),
+        scenario.step("read", "alice", ongoing, fresh=True),
+        scenario.step("read", "bob", ongoing, fresh=True),
+        scenario.step("share", "alice", docs, user_ids=[erin], role="READER"),
+        scenario.step("write", "bob", docs, path="/after-takeover.txt", contents=["1\n", "v2\n"]),
+        scenario.step("read", "erin", docs, fresh=True),
+        scenario.step("read", "alice3", docs, fresh=True),
+        scenario.step("invite", "alice", kind="user", email="frank@example.com"),
+        scenario.stats_step(scenario.org.organization),
+    )
+    assert alice_view["invitations"] == []
     assert finished["batches"][-1][0] == finished["batches"][-1][1]
     assert (finished["in_maintenance"], finished["encryption_revision"]) == (False, 2)
-    for name in ("alice", "bob"):
-        seen = scenario.read_fresh(name, scenario.ongo)
-        assert seen["files"] == scenario.ongo.files, name
-        assert seen["encryption_revision"] == 2, name
-
-    # New writes: Erin joins "Documents", Bob writes, Alice's new device reads
-    docs = scenario.docs
-    erin = scenario.member("erin").user_id
-    scenario.run("share", "alice", docs, user_ids=[erin], role="READER")
-    scenario.run("write", "bob", docs, path="/after-takeover.txt", contents=["ours\n", "v2\n"])
-    docs.files["/after-takeover.txt"] = summary(b"v2\n")
-    for name in ("erin", "alice3"):
-        seen = scenario.read_fresh(name, docs)
-        assert seen["files"] == docs.files, name
-    # An event for a new write reaches a connected device
-    watch_live_change(scenario, "bob", "alice", "/live.txt")
-
-    # A user invitation created through ours, for the reference to greet
-    scenario.invite("frank", "alice", "user")
-    stats = scenario.stats()
+    for seen in (ongoing_by_alice, ongoing_by_bob):
+        assert (seen["files"], seen["encryption_revision"]) == (ongoing.files, 2)
+    assert roles[erin] == "READER"
+    assert docs_by_erin["files"] == docs.files
+    assert docs_by_alice3["files"] == docs.files
+    scenario.pending["frank"] = frank["token"]
     assert stats["users"] == "4"
     assert int(stats["data_size"]) > int(scenario.recorded["stats"]["data_size"])
+    # An event for a new write reaches a connected device
+    watch_live_change(scenario, "bob", "alice", "/live.txt")
     check_blocks(scenario)
     scenario.done.add("takeover")
 
@@ -726,35 +836,47 @@ def test_hand_back_the_reference_serves_what_ours_wrote_and_carries_on(
     for arguments in (["migrate", "--dry-run"], ["migrate"]):
         migrate = deployment.command("reference", *arguments)
         assert migrate.returncode == 0, describe(migrate)
-        assert [line for line in migrate.stdout.splitlines() if ".sql" in line] == list(
-            ALREADY_APPLIED
-        ), describe(migrate)
+        applied = [line for line in migrate.stdout.splitlines() if ".sql" in line]
+        assert applied == list(ALREADY_APPLIED), describe(migrate)
     deployment.start("reference")
 
     # Everything ours stored (and the reference before it) reads back
     docs, ongoing = scenario.docs, scenario.ongo
-    for name in ("alice", "bob", "erin", "alice3"):
-        assert scenario.read_fresh(name, docs)["files"] == docs.files, name
-    assert scenario.read_fresh("bob", ongoing)["files"] == ongoing.files
-    assert scenario.history("alice3")["versions"] == scenario.recorded["history"]["versions"]
+    readers = ("alice", "bob", "erin", "alice3")
+    *docs_seen, ongoing_seen, history, carol = scenario.batch(
+        *(scenario.step("read", name, docs, fresh=True) for name in readers),
+        scenario.step("read", "bob", ongoing, fresh=True),
+        scenario.step("history", "alice3", docs, fresh=True, path="/history.txt"),
+        scenario.step("connect", "carol"),
+    )
+    for name, seen in zip(readers, docs_seen, strict=True):
+        assert seen["files"] == docs.files, name
+    assert (ongoing_seen["files"], ongoing_seen["encryption_revision"]) == (ongoing.files, 2)
+    history["versions"][-1]["late"] = None
+    assert history == scenario.recorded["history"]
+    assert carol == {"outcome": "BackendConnectionRefused: Device has been revoked"}
     checked = authenticated_check(
         scenario.cli, scenario.folder / "second-config", scenario.second_organization
     )
     assert checked["user_get_status"] == "ok"
-    assert scenario.connect("carol") == "BackendConnectionRefused: Device has been revoked"
     check_blocks(scenario)
 
     # The reference writes, re-encrypts, and greets the invitation created through ours
-    scenario.run("write", "bob", docs, path="/handed-back.txt", contents=["ref\n"])
     docs.files["/handed-back.txt"] = summary(b"ref\n")
-    reencrypted = scenario.run("reencrypt", "alice", docs, batch_size=5)
+    _, reencrypted = scenario.batch(
+        scenario.step("write", "bob", docs, path="/handed-back.txt", contents=["ref\n"]),
+        scenario.step("reencrypt", "alice", docs, batch_size=5),
+    )
     assert (reencrypted["in_maintenance"], reencrypted["encryption_revision"]) == (False, 3)
-    scenario.add_member("frank", "alice", "user", token=scenario.pending.pop("frank"))
-    scenario.run("share", "alice", docs, user_ids=[scenario.member("frank").user_id], role="READER")
-    for name in ("frank", "erin"):
-        seen = scenario.read_fresh(name, docs)
-        assert seen["files"] == docs.files, name
-        assert seen["encryption_revision"] == 3, name
+    frank = scenario.add_member("frank", "alice", "user", token=scenario.pending.pop("frank"))
+    _, *seen_after = scenario.batch(
+        scenario.step("share", "alice", docs, user_ids=[frank.user_id], role="READER"),
+        scenario.step("read", "frank", docs, fresh=True),
+        scenario.step("read", "erin", docs, fresh=True),
+    )
+    for seen in seen_after:
+        assert (seen["files"], seen["encryption_revision"]) == (docs.files, 3)
+    check_blocks(scenario)
     scenario.done.add("handback")
 
 
@@ -767,16 +889,22 @@ def test_second_takeover_serves_what_the_reference_wrote_after_the_hand_back(
 ) -> None:
     scenario.require("handback")
     take_over(scenario)
-    docs = scenario.docs
-    for name in ("frank", "bob", "alice2"):
-        seen = scenario.read_fresh(name, docs)
-        assert seen["files"] == docs.files, name
-        assert seen["encryption_revision"] == 3, name
-    assert scenario.read_fresh("alice", scenario.ongo)["files"] == scenario.ongo.files
-    assert scenario.history("erin")["versions"] == scenario.recorded["history"]["versions"]
-    scenario.run("write", "bob", docs, path="/again.txt", contents=["2\n"])
+    docs, ongoing = scenario.docs, scenario.ongo
+    readers = ("frank", "bob", "alice2")
+    *docs_seen, ongoing_seen, history, _, after_write = scenario.batch(
+        *(scenario.step("read", name, docs, fresh=True) for name in readers),
+        scenario.step("read", "alice", ongoing, fresh=True),
+        scenario.step("history", "erin", docs, fresh=True, path="/history.txt"),
+        scenario.step("write", "bob", docs, path="/again.txt", contents=["2\n"]),
+        scenario.step("read", "alice", docs, fresh=True),
+    )
+    for name, seen in zip(readers, docs_seen, strict=True):
+        assert (seen["files"], seen["encryption_revision"]) == (docs.files, 3), name
+    assert ongoing_seen["files"] == ongoing.files
+    history["versions"][-1]["late"] = None
+    assert history == scenario.recorded["history"]
     docs.files["/again.txt"] = summary(b"2\n")
-    assert scenario.read_fresh("alice", docs)["files"] == docs.files
+    assert after_write["files"] == docs.files
     check_blocks(scenario)
     scenario.done.add("again")
 
@@ -792,9 +920,12 @@ def test_reference_run_without_downgrade_then_ours_without_migrate(scenario: Sce
     deployment.start("reference")  # on our extras: no downgrade
     docs = scenario.docs
     bob2 = scenario.add_member("bob2", "bob", "device")
-    scenario.run("write", "bob2", docs, path="/forgotten.txt", contents=["no downgrade\n"])
     docs.files["/forgotten.txt"] = summary(b"no downgrade\n")
-    assert scenario.read_fresh("alice", docs)["files"] == docs.files
+    _, seen = scenario.batch(
+        scenario.step("write", "bob2", docs, path="/forgotten.txt", contents=["no downgrade\n"]),
+        scenario.step("read", "alice", docs, fresh=True),
+    )
+    assert seen["files"] == docs.files
     deployment.stop()
     cached = {
         row["device_id"]: row["cached"]
@@ -803,9 +934,14 @@ def test_reference_run_without_downgrade_then_ours_without_migrate(scenario: Sce
     assert cached[bob2.device_id] is False  # the reference knows nothing of the column
 
     deployment.start("ours")  # no migrate
-    assert scenario.connect("bob2") == "ok"
-    scenario.run("write", "bob2", docs, path="/forgotten.txt", contents=["ours again\n"])
     docs.files["/forgotten.txt"] = summary(b"ours again\n")
-    for name in ("alice", "bob2"):
-        assert scenario.read_fresh(name, docs)["files"] == docs.files, name
+    connected, _, *seen_by = scenario.batch(
+        scenario.step("connect", "bob2"),
+        scenario.step("write", "bob2", docs, path="/forgotten.txt", contents=["ours again\n"]),
+        scenario.step("read", "alice", docs, fresh=True),
+        scenario.step("read", "bob2", docs, fresh=True),
+    )
+    assert connected == {"outcome": "ok"}
+    for seen in seen_by:
+        assert seen["files"] == docs.files
     check_blocks(scenario)
