@@ -33,6 +33,7 @@ from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.crypto import sign
 from parsec_server.api.handshake import API_V1, API_V2, InvitedAnswer, build_answer
 from parsec_server.api.ids import (
+    DEVICE_LABEL_MAX_LENGTH,
     DeviceID,
     InvitationType,
     OrganizationID,
@@ -625,6 +626,20 @@ async def test_a_nul_character_in_a_certificate_is_invalid_certification(
         or (request["cmd"] == "device_create" and "device_label" in changes)
     ]
     assert len(requests) == 11
+    await assert_invalid_certification(server, org, requests)
+
+
+async def test_a_device_label_longer_than_254_characters_is_invalid_certification(
+    server: RunningServer, org: Organization
+) -> None:
+    # The column of Parsec 2.0.0's layout is a VARCHAR(254): characters, not bytes.
+    label = "é" * (DEVICE_LABEL_MAX_LENGTH + 1)
+    requests = [
+        (kind, request)
+        for kind, request in certificate_requests(org, device_label=label)
+        if request["cmd"] in ("user_create", "device_create", "organization_bootstrap")
+    ]
+    assert len(requests) == 5
     await assert_invalid_certification(server, org, requests)
 
 

@@ -17,7 +17,7 @@ from parsec_server.api import codec
 from parsec_server.api.addr import BackendAddr
 from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.handshake import API_V2, InvitedAnswer, build_answer
-from parsec_server.api.ids import InvitationType, UserProfile
+from parsec_server.api.ids import CLAIMER_EMAIL_MAX_LENGTH, InvitationType, UserProfile
 from parsec_server.api.protocol.invite import InvitationDeletedReason
 from parsec_server.backend.events import Event, InviteConduitUpdatedEvent, InviteStatusChangedEvent
 from parsec_server.backend.invite_conduit import ConduitState, Talked, claimer_left, talk
@@ -239,6 +239,28 @@ async def test_invite_new_user_without_claimer_email_is_bad_message(
         "reason": "Invalid message.",
         "errors": {"claimer_email": ["Missing data for required field."]},
     }
+
+
+async def test_invite_new_user_with_a_claimer_email_of_255_characters_is_stored(
+    sessions: Sessions, org: Organization
+) -> None:
+    # Characters, not bytes: the column of Parsec 2.0.0's layout is a VARCHAR(255).
+    email = "é" * 243 + "@example.com"
+    assert len(email) == CLAIMER_EMAIL_MAX_LENGTH
+    alice = await sessions.greeter(org.alice)
+    token = await invite_user(alice, email)
+    rep = await send_cmd(alice, "invite_list")
+    assert [i["claimer_email"] for i in rep["invitations"] if i["token"] == token] == [email]
+
+
+async def test_invite_new_with_a_claimer_email_longer_than_255_characters_is_bad_message(
+    sessions: Sessions, org: Organization
+) -> None:
+    alice = await sessions.greeter(org.alice)
+    email = "z" * 244 + "@example.com"
+    rep = await send_cmd(alice, "invite_new", type="USER", claimer_email=email, send_email=False)
+    assert (rep["status"], list(rep["errors"])) == ("bad_message", ["claimer_email"])
+    assert await list_tokens(alice) == []
 
 
 async def test_invite_new_validates_fields_before_checking_the_profile(

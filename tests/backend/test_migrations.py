@@ -1,24 +1,41 @@
+"""The migration files and `migrate` / `downgrade` against the reference Parsec 2.0.0:
+its own SQL files (run from its installed virtualenv) and its own `migrate`."""
+
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from parsec_server.backend.storage.postgresql.migrations import (
-    Migration,
-    MigrationStatus,
-    apply_migrations,
+    SchemaError,
     check_migrations_applied,
-    default_migrations_directory,
-    get_last_applied_migration,
-    load_migrations,
+    downgrade,
+    migrate,
+)
+from parsec_server.backend.storage.postgresql.schema.catalog import expected_catalog
+from parsec_server.backend.storage.postgresql.schema.files import (
+    Series,
+    load_series,
+    split_statements,
+)
+from tests.backend.schema_helpers import (
+    ALREADY_APPLIED,
+    APPLIED,
+    build_ours,
+    build_reference,
+    catalog,
+    connect,
+    data_snapshot,
+    fill_reference,
+    pg_dump_schema,
+    reference_sql_files,
+    run_reference_migrate,
+    tool_connect,
 )
 from tests.fixtures.postgresql import (
     POSTGRESQL_URL_ENVVAR,
@@ -27,44 +44,33 @@ from tests.fixtures.postgresql import (
     start_postgresql_cluster,
 )
 
-FILE_NAMES = [
-    "0001_initial.sql",
-    "0002_add_migration_table.sql",
-    "0003_human_handle.sql",
-    "0004_invite.sql",
-    "0005_redacted_certificates.sql",
-]
-
-ALL_APPLIED_LINES = [f"{name} ✔" for name in FILE_NAMES]
-ALL_ALREADY_APPLIED_LINES = [f"{name} (already applied)" for name in FILE_NAMES]
+EXTRAS_APPLIED = "extras/0001_server_extras.sql ✔"
+EXTRAS_ALREADY = "extras/0001_server_extras.sql (already applied)"
 
 
-@asynccontextmanager
-async def connect(url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+async def full_catalog(conn: asyncpg.Connection, *, ordered: bool = True) -> list[str]:
+    async with conn.transaction():
+        expected = await expected_catalog(
+            conn, load_series(Series.REFERENCE) + load_series(Series.EXTRAS)
+        )
+    return expected.rows(ordered=ordered)
 
 
-async def table_names(conn: asyncpg.Connection) -> set[str]:
-    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    return {row["tablename"] for row in rows}
-
-
-def copy_migrations(destination: Path, count: int) -> None:
-    source = default_migrations_directory()
-    for file_name in FILE_NAMES[:count]:
-        (destination / file_name).write_text((source / file_name).read_text(encoding="utf-8"))
+# --- Files ------------------------------------------------------------------------------
 
 
 def test_migration_files_are_the_installation_guide_ones() -> None:
-    migrations = load_migrations()
-
-    assert [m.file_name for m in migrations] == FILE_NAMES
-    assert [m.idx for m in migrations] == [1, 2, 3, 4, 5]
-    assert [m.name for m in migrations] == [
+    names = [
+        "0001_initial.sql",
+        "0002_add_migration_table.sql",
+        "0003_human_handle.sql",
+        "0004_invite.sql",
+        "0005_redacted_certificates.sql",
+    ]
+    assert [m.file_name for m in load_series(Series.REFERENCE)] == names
+    assert [m.file_name for m in load_series(Series.LEGACY)] == [f"legacy/{n}" for n in names]
+    assert [m.file_name for m in load_series(Series.EXTRAS)] == ["extras/0001_server_extras.sql"]
+    assert [m.name for m in load_series(Series.REFERENCE)] == [
         "initial",
         "add_migration_table",
         "human_handle",
@@ -73,296 +79,347 @@ def test_migration_files_are_the_installation_guide_ones() -> None:
     ]
 
 
-def test_load_migrations_ignores_other_files_and_refuses_misnamed_ones(tmp_path: Path) -> None:
-    copy_migrations(tmp_path, 2)
+def test_load_series_refuses_misnamed_files_duplicates_and_gaps(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
     (tmp_path / "README.md").write_text("not a migration")
-    assert [m.idx for m in load_migrations(tmp_path)] == [1, 2]
+    assert [m.idx for m in load_series(Series.REFERENCE, tmp_path)] == [1]
 
-    (tmp_path / "3_oops.sql").write_text("SELECT 1;")
+    (tmp_path / "2_oops.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match="Invalid migration file name"):
-        load_migrations(tmp_path)
-
-
-def test_load_migrations_refuses_duplicate_numbers_and_gaps(tmp_path: Path) -> None:
-    copy_migrations(tmp_path, 2)
-    (tmp_path / "0002_again.sql").write_text("SELECT 1;")
+        load_series(Series.REFERENCE, tmp_path)
+    (tmp_path / "2_oops.sql").unlink()
+    (tmp_path / "0001_again.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match="same number"):
-        load_migrations(tmp_path)
-
-    (tmp_path / "0002_again.sql").unlink()
-    (tmp_path / "0004_after_gap.sql").write_text("SELECT 1;")
+        load_series(Series.REFERENCE, tmp_path)
+    (tmp_path / "0001_again.sql").unlink()
+    (tmp_path / "0003_gap.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match="without gap"):
-        load_migrations(tmp_path)
+        load_series(Series.REFERENCE, tmp_path)
 
 
-async def test_fresh_database_gets_every_migration(empty_postgresql_url: str) -> None:
+def test_split_statements_knows_comments_and_quotes() -> None:
+    sql = (
+        "-- a comment; with a semicolon\n"
+        "CREATE TABLE t (x TEXT DEFAULT 'a;b''c'); /* block; */\n"
+        'INSERT INTO "odd;name" VALUES (1);\n'
+        "-- trailing comment only\n"
+    )
+    assert split_statements(sql) == [
+        "-- a comment; with a semicolon\nCREATE TABLE t (x TEXT DEFAULT 'a;b''c')",
+        '/* block; */\nINSERT INTO "odd;name" VALUES (1)',
+    ]
+    with pytest.raises(ValueError, match="Dollar"):
+        split_statements("CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;")
+
+
+# --- The Parsec 2.0.0 layout, level by level ----------------------------------------------
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4, 5])
+async def test_our_files_build_the_reference_catalog_at_each_level(
+    empty_postgresql_url: str, level: int
+) -> None:
     async with connect(empty_postgresql_url) as conn:
-        reported: list[str] = []
-        outcomes = await apply_migrations(conn, on_outcome=lambda o: reported.append(o.line))
+        await conn.execute("CREATE SCHEMA reference; CREATE SCHEMA ours")
+        await conn.execute("SET search_path = reference")
+        await build_reference(conn, level)
+        reference = await catalog(conn)
+        await conn.execute("SET search_path = ours")
+        await build_ours(conn, Series.REFERENCE, level)
+        ours = await catalog(conn)
+        # Also what migrate expects of a database at that level
+        async with conn.transaction():
+            expected = await expected_catalog(conn, load_series(Series.REFERENCE)[:level])
 
-        assert [o.line for o in outcomes] == ALL_APPLIED_LINES
-        assert reported == ALL_APPLIED_LINES
-        assert await get_last_applied_migration(conn) == 5
+    assert ours == reference
+    assert expected.rows() == reference
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 4, 5])
+async def test_reference_database_at_any_level_is_taken_over(
+    empty_postgresql_url: str, level: int
+) -> None:
+    async with connect(empty_postgresql_url) as conn:
+        await build_reference(conn, level)
+        report = await migrate(conn)
+        assert report.lines == ALREADY_APPLIED[:level] + APPLIED[level:] + [EXTRAS_APPLIED]
+        assert report.changed
+        assert await catalog(conn) == await full_catalog(conn)
         assert await check_migrations_applied(conn) is None
-        rows = await conn.fetch("SELECT _id, name, applied FROM migration ORDER BY _id")
-        assert [(row["_id"], row["name"]) for row in rows] == [
+        rows = await conn.fetch("SELECT _id, name FROM migration ORDER BY applied")
+        assert [tuple(r) for r in rows] == [
             (2, "add_migration_table"),
             (3, "human_handle"),
             (4, "invite"),
             (5, "redacted_certificates"),
         ]
-        assert all(row["applied"] is not None for row in rows)
-        assert await table_names(conn) >= {
-            "organization",
-            "user_",
-            "device",
-            "human",
-            "user_invitation",
-            "device_invitation",
-            "invitation",
-            "message",
-            "realm",
-            "realm_user_role",
-            "realm_vlob_update",
-            "vlob_atom",
-            "vlob_encryption_revision",
-            "block",
-            "block_data",
-            "migration",
-        }
+        again = await migrate(conn)
+        assert again.lines == [*ALREADY_APPLIED, EXTRAS_ALREADY]
+        assert not again.changed
+
+    # Parsec 2.0.0 reads its level from the latest `applied`: nothing left to apply
+    assert run_reference_migrate(empty_postgresql_url, "--dry-run") == ALREADY_APPLIED
 
 
-async def test_second_run_reports_every_migration_as_already_applied(
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+async def test_our_files_up_to_any_level_then_reference_migrate_give_reference_5(
+    empty_postgresql_url: str, level: int
+) -> None:
+    async with connect(empty_postgresql_url) as conn:
+        await conn.execute("CREATE SCHEMA reference")
+        await conn.execute("SET search_path = reference")
+        await build_reference(conn, 5)
+        reference = await catalog(conn)
+        await conn.execute("SET search_path = public")
+        await build_ours(conn, Series.REFERENCE, level)
+
+    lines = run_reference_migrate(empty_postgresql_url)
+    assert lines == ALREADY_APPLIED[:level] + APPLIED[level:]
+    async with connect(empty_postgresql_url) as conn:
+        assert await catalog(conn) == reference
+
+
+# --- Hand-back ---------------------------------------------------------------------------
+
+
+async def test_migrate_then_downgrade_gives_a_fresh_reference_database(
+    empty_postgresql_url: str, postgresql_url: str
+) -> None:
+    fresh_url = await create_empty_database(postgresql_url)
+    try:
+        async with connect(fresh_url) as conn:
+            await build_reference(conn, 5)
+        async with connect(empty_postgresql_url) as conn:
+            await build_reference(conn, 5)
+            await fill_reference(conn)
+            await migrate(conn)
+            report = await downgrade(conn)
+            assert report.lines == [
+                "extras/0001_server_extras.sql removed ✔",
+                "Database handed back: Parsec 2.0.0 schema, 0005_redacted_certificates",
+            ]
+            async with connect(fresh_url) as fresh:
+                assert await catalog(conn) == await catalog(fresh)
+            assert await conn.fetchval("SELECT count(*) FROM vlob_atom") == 5
+            nothing = await downgrade(conn)
+            assert nothing.lines == [
+                "nothing to do: the database is in the Parsec 2.0.0 layout at level 5"
+            ]
+            assert not nothing.changed
+        if shutil.which("pg_dump"):
+            assert pg_dump_schema(empty_postgresql_url) == pg_dump_schema(fresh_url)
+        assert run_reference_migrate(empty_postgresql_url, "--dry-run") == ALREADY_APPLIED
+        assert run_reference_migrate(empty_postgresql_url) == ALREADY_APPLIED
+
+        # And taken over again
+        async with connect(empty_postgresql_url) as conn:
+            report = await migrate(conn)
+            assert report.lines == [*ALREADY_APPLIED, EXTRAS_APPLIED]
+            # device.verify_key comes back after the dropped one: positions differ
+            assert await catalog(conn, ordered=False) == await full_catalog(conn, ordered=False)
+    finally:
+        await drop_database(postgresql_url, fresh_url)
+
+
+async def test_downgrade_drops_every_ext_object_whichever_file_created_it(
     empty_postgresql_url: str,
 ) -> None:
     async with connect(empty_postgresql_url) as conn:
-        await apply_migrations(conn)
-        outcomes = await apply_migrations(conn)
+        await migrate(conn)
+        # As a later extras file would (another engineer's ext_user_frozen, ...)
+        await conn.execute(
+            "CREATE TABLE ext_user_frozen (user_ INTEGER PRIMARY KEY REFERENCES user_ (_id));"
+            "CREATE INDEX ext_block_size_idx ON block (size);"
+            "CREATE TYPE ext_state AS ENUM ('a');"
+            "CREATE SEQUENCE ext_counter;"
+            "CREATE VIEW ext_view AS SELECT 1 AS x;"
+            "CREATE FUNCTION ext_f() RETURNS trigger LANGUAGE plpgsql AS "
+            "'BEGIN RETURN NEW; END';"
+            "CREATE TRIGGER ext_trigger BEFORE INSERT ON block "
+            "FOR EACH ROW EXECUTE FUNCTION ext_f();"
+            "ALTER TABLE device ADD CONSTRAINT ext_check CHECK (_id > 0);"
+        )
+        await downgrade(conn)
+        left = await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'ext\\_%' UNION ALL "
+            "SELECT typname FROM pg_type WHERE typname LIKE 'ext\\_%' UNION ALL "
+            "SELECT proname FROM pg_proc WHERE proname LIKE 'ext\\_%' UNION ALL "
+            "SELECT conname FROM pg_constraint WHERE conname LIKE 'ext\\_%'"
+        )
+        assert left == []
+        async with conn.transaction():
+            reference = await expected_catalog(conn, load_series(Series.REFERENCE))
+        assert await catalog(conn) == reference.rows()
 
-        assert [o.line for o in outcomes] == ALL_ALREADY_APPLIED_LINES
-        assert await conn.fetchval("SELECT count(*) FROM migration") == 4
 
-
-async def test_dry_run_lists_pending_migrations_and_applies_nothing(
+async def test_downgrade_of_a_reference_database_below_level_5_has_nothing_to_do(
     empty_postgresql_url: str,
 ) -> None:
     async with connect(empty_postgresql_url) as conn:
-        outcomes = await apply_migrations(conn, dry_run=True)
+        await build_reference(conn, 3)
+        report = await downgrade(conn)
+    assert report.lines == [
+        "nothing to do: the database is in the Parsec 2.0.0 layout at level 3 "
+        "(Parsec 2.0.0's `parsec backend migrate` applies the rest)"
+    ]
 
-        assert [o.line for o in outcomes] == ALL_APPLIED_LINES
-        assert {o.status for o in outcomes} == {MigrationStatus.WOULD_APPLY}
-        assert await table_names(conn) == set()
 
-        await apply_migrations(conn, load_migrations()[:3])
-        outcomes = await apply_migrations(conn, dry_run=True)
+async def test_downgrade_of_an_empty_database_is_refused(empty_postgresql_url: str) -> None:
+    async with connect(empty_postgresql_url) as conn:
+        with pytest.raises(SchemaError, match="no Parsec schema: nothing to hand back"):
+            await downgrade(conn)
 
-        assert [o.line for o in outcomes] == [
-            *ALL_ALREADY_APPLIED_LINES[:3],
-            *ALL_APPLIED_LINES[3:],
+
+# --- Data of the takeover ----------------------------------------------------------------
+
+
+async def test_takeover_keeps_the_reference_rows_and_fills_the_extras(
+    empty_postgresql_url: str,
+) -> None:
+    async with connect(empty_postgresql_url) as conn:
+        await build_reference(conn, 5)
+        data = await fill_reference(conn)
+        before = await data_snapshot(conn)
+
+        report = await migrate(conn)
+
+        assert report.notes == [
+            "vlob ids used by several realms (served from the realm of their latest "
+            f"version): {data.shared_vlob_id}"
         ]
-        assert await get_last_applied_migration(conn) == 3
+        keys = await conn.fetch("SELECT device_id, verify_key FROM device ORDER BY device_id")
+        assert {r["device_id"]: r["verify_key"] for r in keys} == data.verify_keys
+        # Duplicated indexes (1, 2, 2, 3) become the positions in _id order
+        indexes = await conn.fetch("SELECT index FROM message ORDER BY _id")
+        assert [r["index"] for r in indexes] == [1, 2, 3, 4]
+        after = await data_snapshot(conn)
+        for table in before:
+            if table not in ("device", "message", "migration"):
+                assert after[table] == before[table], table
+        assert len(after["device"]) == len(before["device"])
 
 
-async def test_partially_migrated_database_gets_the_remaining_migrations(
+async def test_unreadable_device_certificate_is_refused_naming_the_device(
     empty_postgresql_url: str,
 ) -> None:
     async with connect(empty_postgresql_url) as conn:
-        outcomes = await apply_migrations(conn, load_migrations()[:3])
-        assert [o.line for o in outcomes] == ALL_APPLIED_LINES[:3]
+        await build_reference(conn, 5)
+        await fill_reference(conn)
+        await conn.execute(
+            "UPDATE device SET device_certificate = 'junk' WHERE device_id = 'bob@dev1'"
+        )
+        before = await catalog(conn)
 
-        outcomes = await apply_migrations(conn)
+        with pytest.raises(SchemaError) as error:
+            await migrate(conn)
 
-        assert [o.line for o in outcomes] == [
-            *ALL_ALREADY_APPLIED_LINES[:3],
-            *ALL_APPLIED_LINES[3:],
+        assert str(error.value).startswith(
+            "cannot read the certificate of device bob@dev1 (organization Org): "
+        )
+        assert await catalog(conn) == before
+
+
+# --- Runs ----------------------------------------------------------------------------------
+
+
+async def test_dry_run_changes_nothing(empty_postgresql_url: str) -> None:
+    async with connect(empty_postgresql_url) as conn:
+        await build_reference(conn, 3)
+        before_catalog, before_data = await catalog(conn), await data_snapshot(conn)
+
+        report = await migrate(conn, dry_run=True)
+
+        assert report.lines == [*ALREADY_APPLIED[:3], *APPLIED[3:], EXTRAS_APPLIED]
+        assert not report.changed
+        assert await catalog(conn) == before_catalog
+        assert await data_snapshot(conn) == before_data
+
+
+async def test_concurrent_migrates_apply_each_migration_once(empty_postgresql_url: str) -> None:
+    async with tool_connect(empty_postgresql_url) as one, tool_connect(empty_postgresql_url) as two:
+        reports = await asyncio.gather(migrate(one), migrate(two))
+        assert sorted(r.changed for r in reports) == [False, True]
+        lines = sorted((r.lines for r in reports), key=lambda lines: lines[0])
+        assert lines == [
+            [*ALREADY_APPLIED, EXTRAS_ALREADY],
+            [*APPLIED, EXTRAS_APPLIED],
         ]
+        assert await one.fetchval("SELECT count(*) FROM migration") == 4
+        assert await one.fetchval("SELECT count(*) FROM ext_migration") == 1
+
+
+async def test_other_connections_make_migrate_refuse_unless_forced(
+    empty_postgresql_url: str,
+) -> None:
+    async with connect(empty_postgresql_url) as conn, connect(empty_postgresql_url, "x"):
+        with pytest.raises(SchemaError) as error:
+            await migrate(conn)
+        assert str(error.value) == (
+            "database in use by 1 other connection(s) (a running server?); stop it or pass --force"
+        )
+        assert await conn.fetchval("SELECT to_regclass('organization')") is None
+
+        dry = await migrate(conn, dry_run=True)
+        assert dry.notes == [str(error.value)]
+
+        forced = await migrate(conn, force=True)
+        assert forced.notes == ["going on (--force) with 1 other connection(s)"]
         assert await check_migrations_applied(conn) is None
 
+        with pytest.raises(SchemaError, match="database in use by 1 other"):
+            await downgrade(conn)
+        await downgrade(conn, force=True)
 
-async def test_database_without_migration_table_has_migration_1_applied(
-    empty_postgresql_url: str,
-) -> None:
+
+async def test_an_up_to_date_database_in_use_is_not_refused(empty_postgresql_url: str) -> None:
     async with connect(empty_postgresql_url) as conn:
-        await apply_migrations(conn, load_migrations()[:1])
-        assert "migration" not in await table_names(conn)
-        assert await get_last_applied_migration(conn) == 1
-
-        outcomes = await apply_migrations(conn)
-
-        assert [o.line for o in outcomes] == [
-            ALL_ALREADY_APPLIED_LINES[0],
-            *ALL_APPLIED_LINES[1:],
-        ]
+        await migrate(conn)
+        async with connect(empty_postgresql_url, "parsec-server"):
+            report = await migrate(conn)
+    assert report.lines == [*ALREADY_APPLIED, EXTRAS_ALREADY]
 
 
-async def test_failing_migration_is_reported_and_stops_the_run(
-    empty_postgresql_url: str, tmp_path: Path
-) -> None:
-    copy_migrations(tmp_path, 2)
-    (tmp_path / "0003_broken.sql").write_text(
-        "CREATE TABLE half_done (x INTEGER);\nSELECT * FROM no_such_table;\n"
-    )
-    (tmp_path / "0004_never_reached.sql").write_text("CREATE TABLE never_reached (x INTEGER);\n")
-    migrations = load_migrations(tmp_path)
-
-    async with connect(empty_postgresql_url) as conn:
-        outcomes = await apply_migrations(conn, migrations)
-
-        assert [o.line for o in outcomes] == [
-            "0001_initial.sql ✔",
-            "0002_add_migration_table.sql ✔",
-            '0003_broken.sql ✘: relation "no_such_table" does not exist',
-        ]
-        assert outcomes[-1].status is MigrationStatus.FAILED
-        tables = await table_names(conn)
-        # The failed migration was rolled back as a whole
-        assert "half_done" not in tables
-        assert "never_reached" not in tables
-        assert await get_last_applied_migration(conn) == 2
-
-        # Once fixed, the next run resumes where it stopped
-        (tmp_path / "0003_broken.sql").write_text("CREATE TABLE half_done (x INTEGER);\n")
-        outcomes = await apply_migrations(conn, load_migrations(tmp_path))
-        assert [o.status for o in outcomes] == [
-            MigrationStatus.ALREADY_APPLIED,
-            MigrationStatus.ALREADY_APPLIED,
-            MigrationStatus.APPLIED,
-            MigrationStatus.APPLIED,
-        ]
-        assert await conn.fetchval("SELECT name FROM migration WHERE _id = 3") == "broken"
+# --- Start-up check ------------------------------------------------------------------------
 
 
-async def test_check_migrations_applied_names_the_missing_migrations(
-    empty_postgresql_url: str,
-) -> None:
-    migrations = load_migrations()
+async def test_check_migrations_applied_names_the_fix(empty_postgresql_url: str) -> None:
     async with connect(empty_postgresql_url) as conn:
         assert await check_migrations_applied(conn) == (
-            "Database is not up to date: migrations 0001_initial.sql, "
-            "0002_add_migration_table.sql, 0003_human_handle.sql, 0004_invite.sql, "
-            "0005_redacted_certificates.sql are not applied; run `parsec backend migrate` first"
+            "Database has no Parsec schema: run `parsec backend migrate`"
         )
-
-        await apply_migrations(conn, migrations[:3])
+        await build_reference(conn, 3)
         assert await check_migrations_applied(conn) == (
-            "Database is not up to date: migrations 0004_invite.sql, "
-            "0005_redacted_certificates.sql are not applied; "
-            "run `parsec backend migrate` first"
+            "Database is not up to date (Parsec 2.0.0 layout at level 3 of 5, server extras "
+            "at level 0 of 1): run `parsec backend migrate`"
         )
-
-        await apply_migrations(conn, migrations[:4])
-        assert await check_migrations_applied(conn) == (
-            "Database is not up to date: migration 0005_redacted_certificates.sql "
-            "is not applied; run `parsec backend migrate` first"
-        )
-
-        await apply_migrations(conn, migrations)
+        await migrate(conn)
         assert await check_migrations_applied(conn) is None
-
-
-async def test_check_migrations_applied_refuses_a_database_from_a_newer_server(
-    empty_postgresql_url: str,
-) -> None:
-    newer = [*load_migrations(), Migration(6, "future", "0006_future.sql", "SELECT 1;")]
-    async with connect(empty_postgresql_url) as conn:
-        await apply_migrations(conn, newer)
-        message = await check_migrations_applied(conn)
-
-    assert message == (
-        "Database was migrated by a newer version of the server "
-        "(last applied migration: 0006, latest known: 0005)"
-    )
-
-
-async def test_concurrent_runs_apply_each_migration_once(empty_postgresql_url: str) -> None:
-    async with AsyncExitStack() as stack:
-        conns = [await stack.enter_async_context(connect(empty_postgresql_url)) for _ in range(4)]
-        runs = await asyncio.gather(*(apply_migrations(conn) for conn in conns))
-
-        for idx in range(5):
-            statuses = sorted(run[idx].status.value for run in runs)
-            assert statuses == ["already_applied"] * 3 + ["applied"], statuses
-        assert await conns[0].fetchval("SELECT count(*) FROM migration") == 4
-        assert await check_migrations_applied(conns[0]) is None
-
-
-async def test_redacted_certificates_migration_converts_existing_rows(
-    empty_postgresql_url: str,
-) -> None:
-    migrations = load_migrations()
-    async with connect(empty_postgresql_url) as conn:
-        await apply_migrations(conn, migrations[:4])
-        org = await conn.fetchval(
-            "INSERT INTO organization (organization_id, bootstrap_token) "
-            "VALUES ('Org', 'token') RETURNING _id"
+        await conn.execute("INSERT INTO ext_migration VALUES (2, 'future', now())")
+        assert await check_migrations_applied(conn) == (
+            "Database was migrated by a newer version of parsec-server "
+            "(migration extras/0002_future): upgrade parsec-server"
         )
-        now = datetime.now(UTC)
-        for user_id, is_admin in (("alice", True), ("bob", False)):
-            user = await conn.fetchval(
-                "INSERT INTO user_ (organization, user_id, is_admin, user_certificate, "
-                "created_on) VALUES ($1, $2, $3, $4, $5) RETURNING _id",
-                org,
-                user_id,
-                is_admin,
-                f"{user_id} certificate".encode(),
-                now,
-            )
-            await conn.execute(
-                "INSERT INTO device (organization, user_, device_id, device_certificate, "
-                "verify_key, created_on) VALUES ($1, $2, $3, $4, $5, $6)",
-                org,
-                user,
-                f"{user_id}@dev1",
-                f"{user_id}@dev1 certificate".encode(),
-                b"k" * 32,
-                now,
-            )
-
-        await apply_migrations(conn, migrations)
-
-        users = await conn.fetch(
-            "SELECT user_id, profile::text, redacted_user_certificate FROM user_ ORDER BY user_id"
+        await conn.execute(
+            "DELETE FROM ext_migration WHERE _id = 2;INSERT INTO migration VALUES (6, 'xyz', now())"
         )
-        assert [tuple(row) for row in users] == [
-            ("alice", "ADMIN", b"alice certificate"),
-            ("bob", "STANDARD", b"bob certificate"),
-        ]
-        devices = await conn.fetch(
-            "SELECT device_id, device_label, redacted_device_certificate FROM device "
-            "ORDER BY device_id"
+        assert await check_migrations_applied(conn) == (
+            "Database was migrated by a newer or unknown version (migration 0006_xyz): "
+            "use the version of Parsec that migrated it"
         )
-        assert [tuple(row) for row in devices] == [
-            ("alice@dev1", None, b"alice@dev1 certificate"),
-            ("bob@dev1", None, b"bob@dev1 certificate"),
-        ]
 
 
-async def test_schema_scopes_identifiers_by_organization_and_keeps_microseconds(
+async def test_check_migrations_applied_refuses_the_legacy_layout(
     empty_postgresql_url: str,
 ) -> None:
     async with connect(empty_postgresql_url) as conn:
-        await apply_migrations(conn)
-        orgs = [
-            await conn.fetchval(
-                "INSERT INTO organization (organization_id, bootstrap_token) "
-                "VALUES ($1, '') RETURNING _id",
-                name,
-            )
-            for name in ("Org1", "Org2")
-        ]
-        created_on = datetime(2021, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-        insert_user = (
-            "INSERT INTO user_ (organization, user_id, profile, user_certificate, "
-            "redacted_user_certificate, created_on) "
-            "VALUES ($1, 'alice', 'ADMIN', '', '', $2) RETURNING _id"
+        await build_ours(conn, Series.LEGACY, 5)
+        assert await check_migrations_applied(conn) == (
+            "Database is in the previous parsec-server layout: run `parsec backend migrate` "
+            "(conversion needed)"
         )
-        for org in orgs:
-            await conn.fetchval(insert_user, org, created_on)
-        with pytest.raises(asyncpg.UniqueViolationError):
-            await conn.fetchval(insert_user, orgs[0], created_on)
 
-        stored = await conn.fetch("SELECT created_on FROM user_")
-        assert [row["created_on"] for row in stored] == [created_on, created_on]
+
+# --- Fixtures -----------------------------------------------------------------------------
 
 
 async def test_postgresql_url_fixture_serves_the_configured_server(postgresql_url: str) -> None:
@@ -380,8 +437,8 @@ async def test_self_started_cluster_can_be_migrated_and_is_removed() -> None:
         assert server_url.startswith("postgresql://postgres@127.0.0.1:")
         url = await create_empty_database(server_url)
         async with connect(url) as conn:
-            outcomes = await apply_migrations(conn)
-            assert [o.line for o in outcomes] == ALL_APPLIED_LINES
+            report = await migrate(conn)
+            assert report.lines == [*APPLIED, EXTRAS_APPLIED]
         await drop_database(server_url, url)
         async with connect(server_url) as conn:
             data_dir = Path(await conn.fetchval("SHOW data_directory"))
@@ -394,3 +451,7 @@ async def test_self_started_cluster_can_be_migrated_and_is_removed() -> None:
 async def test_migrated_postgresql_url_fixture_is_up_to_date(migrated_postgresql_url: str) -> None:
     async with connect(migrated_postgresql_url) as conn:
         assert await check_migrations_applied(conn) is None
+
+
+def test_reference_sql_files_are_found() -> None:
+    assert len(reference_sql_files()) == 5

@@ -27,7 +27,7 @@ from parsec_server.backend.readiness import (
     ReadinessProbe,
     failed,
 )
-from parsec_server.backend.storage.postgresql.migrations import load_migrations
+from parsec_server.backend.storage.postgresql.migrations import Series, load_series
 from tests.fixtures.postgresql import create_migrated_database, drop_database
 from tests.fixtures.servers import make_config, running_server
 from tests.fixtures.tcp_proxy import tcp_proxy
@@ -252,17 +252,18 @@ async def execute(url: str, sql: str) -> None:
 async def test_database_with_migrations_not_applied_is_not_ready(
     own_migrated_database: str,
 ) -> None:
-    latest = len(load_migrations())
+    latest = len(load_series(Series.EXTRAS))
     async with running_server(make_config(own_migrated_database)) as server:
-        # As if the last migration of this version had not been applied.
-        await execute(own_migrated_database, f"DELETE FROM migration WHERE _id = {latest}")
+        # As if the last extras migration of this version had not been applied.
+        await execute(own_migrated_database, f"DELETE FROM ext_migration WHERE _id = {latest}")
         status, _, body = await http_get(server.addr.port, "/readyz")
     assert status == 503
     assert json.loads(body)["checks"]["database"] == {
         "ok": False,
-        "error": "migrations not applied: run `parsec backend migrate`",
-        "last_applied_migration": latest - 1,
-        "latest_known_migration": latest,
+        "error": f"Database is not up to date (Parsec 2.0.0 layout at level 5 of 5, server "
+        f"extras at level {latest - 1} of {latest}): run `parsec backend migrate`",
+        "level": 5,
+        "extras_level": latest - 1,
         "duration_ms": json.loads(body)["checks"]["database"]["duration_ms"],
     }
 
@@ -274,7 +275,7 @@ async def test_database_migrated_by_a_newer_version_stays_ready(
     async with running_server(make_config(own_migrated_database)) as server:
         await execute(
             own_migrated_database,
-            "INSERT INTO migration (_id, name, applied) VALUES (9999, 'future', now())",
+            "INSERT INTO ext_migration (_id, name, applied) VALUES (9999, 'future', now())",
         )
         status, _, body = await http_get(server.addr.port, "/readyz")
     assert status == 200

@@ -13,13 +13,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from parsec_server.api.addr import BackendAddr
 from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.ids import RealmRole, UserProfile
 from parsec_server.client.certificates import revoked_user_certificate
-from parsec_server.client.connection import BackendConnection, BackendConnectionError
+from parsec_server.client.connection import (
+    BackendConnection,
+    BackendConnectionError,
+    HandshakeRefused,
+)
 from parsec_server.client.organization import (
     admin_command,
     bootstrap_organization,
@@ -200,3 +205,31 @@ async def test_realm_events_and_messages_cross_servers(
             assert update["event"] == "realm.vlobs_updated"
             assert update["realm_id"] == realm_id
             assert update["src_version"] == 1
+
+
+async def test_freezing_on_one_server_closes_connections_on_the_other(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = two_servers
+    organization_id = new_organization_id()
+    token = await create_organization(a.addr, ADMINISTRATION_TOKEN, organization_id)
+    alice = await bootstrap_organization(b.addr, organization_id, token, None, None)
+    alice_on_a = dataclasses.replace(alice, backend_addr=a.addr)
+    conn_b = await alice.connect()
+    freeze_url = (
+        f"http://127.0.0.1:{a.addr.port}/administration/organizations/{organization_id}"
+        "/users/freeze"
+    )
+    headers = {"Authorization": f"Bearer {ADMINISTRATION_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(freeze_url, json={"user_id": alice.user_id, "frozen": True}) as rep:
+            assert rep.status == 200
+        await assert_closed_by_the_server(conn_b)
+        with pytest.raises(HandshakeRefused):
+            await alice_on_a.connect()
+        async with session.post(
+            freeze_url, json={"user_id": alice.user_id, "frozen": False}
+        ) as rep:
+            assert rep.status == 200
+    async with await alice.connect() as conn:
+        assert (await conn.cmd("ping", ping="back"))["status"] == "ok"

@@ -24,7 +24,7 @@ from parsec_server.api.certificates import (
 )
 from parsec_server.api.codec import ID
 from parsec_server.api.handshake import API_V1, API_V2, InvitedAnswer, build_answer
-from parsec_server.api.ids import InvitationType, UserProfile
+from parsec_server.api.ids import DEVICE_LABEL_MAX_LENGTH, InvitationType, UserProfile
 from parsec_server.backend.config import MockedEmailConfig
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.organization import bootstrap_organization, create_organization
@@ -846,6 +846,25 @@ async def test_device_create_is_allowed_for_any_profile(org: Organization, calle
         new = await create_device(conn, device, "new", device_label="New one")
     async with await new.connect() as conn:
         assert await conn.cmd("ping", ping="x") == {"status": "ok", "pong": "x"}
+
+
+async def test_device_create_takes_a_label_of_254_characters(
+    server: RunningServer, org: Organization
+) -> None:
+    label = "é" * DEVICE_LABEL_MAX_LENGTH
+    rep = await device_create(org.bob, device_request(org.bob, "bob@long", label))
+    assert rep == {"status": "ok"}
+    identity = await server.app.user.get_identity(org.organization_id, "bob@long")
+    assert identity is not None and identity[2].device_label == label
+
+
+async def test_device_create_with_a_label_longer_than_254_characters_is_invalid_certification(
+    org: Organization,
+) -> None:
+    label = "x" * (DEVICE_LABEL_MAX_LENGTH + 1)
+    rep = await device_create(org.bob, device_request(org.bob, "bob@long", label))
+    assert rep["status"] == "invalid_certification"
+    assert len((await user_get(org.bob, "bob"))["device_certificates"]) == 1
 
 
 def device_request(

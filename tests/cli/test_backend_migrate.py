@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -10,9 +11,10 @@ from click.testing import CliRunner
 
 from parsec_server.backend.storage.postgresql.migrations import (
     check_migrations_applied,
-    get_last_applied_migration,
+    read_schema_levels,
 )
 from parsec_server.cli.backend_migrate import migrate
+from tests.backend.schema_helpers import build_reference, catalog, connect, data_snapshot
 from tests.fixtures.postgresql import run_async
 
 FILE_NAMES = [
@@ -22,8 +24,12 @@ FILE_NAMES = [
     "0004_invite.sql",
     "0005_redacted_certificates.sql",
 ]
-FIRST_RUN_OUTPUT = "Migrate ✔\n" + "".join(f"{name} ✔\n" for name in FILE_NAMES)
-SECOND_RUN_OUTPUT = "Migrate ✔\n" + "".join(f"{name} (already applied)\n" for name in FILE_NAMES)
+EXTRAS = "extras/0001_server_extras.sql"
+FIRST_RUN_OUTPUT = "Migrate ✔\n" + "".join(f"{name} ✔\n" for name in [*FILE_NAMES, EXTRAS])
+SECOND_RUN_OUTPUT = "Migrate ✔\n" + "".join(
+    f"{name} (already applied)\n" for name in [*FILE_NAMES, EXTRAS]
+)
+DRY_RUN_OUTPUT = FIRST_RUN_OUTPUT + "Dry run: nothing was changed\n"
 
 
 @pytest.fixture
@@ -51,11 +57,17 @@ def last_applied_migration(url: str) -> int:
     async def query() -> int:
         conn = await asyncpg.connect(url)
         try:
-            return await get_last_applied_migration(conn)
+            return (await read_schema_levels(conn)).level
         finally:
             await conn.close()
 
     return run_async(query())
+
+
+async def tables(url: str) -> list[str]:
+    async with connect(url) as conn:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return [row[0] for row in rows]
 
 
 def run_sql(url: str, sql: str) -> None:
@@ -95,25 +107,74 @@ def test_migrate_dry_run_applies_nothing(runner: CliRunner, empty_postgresql_url
     result = runner.invoke(migrate, ["--db", empty_postgresql_url, "--dry-run"])
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == FIRST_RUN_OUTPUT
+    assert result.stdout == DRY_RUN_OUTPUT
     assert last_applied_migration(empty_postgresql_url) == 0
 
 
-def test_migrate_reports_a_failing_migration_and_stops(
+def test_migrate_dry_run_of_a_takeover_changes_neither_schema_nor_data(
+    runner: CliRunner, empty_postgresql_url: str
+) -> None:
+    async def state() -> tuple[list[str], dict[str, list[str]]]:
+        async with connect(empty_postgresql_url) as conn:
+            return await catalog(conn), await data_snapshot(conn)
+
+    async def setup() -> None:
+        async with connect(empty_postgresql_url) as conn:
+            await build_reference(conn, 4)
+
+    run_async(setup())
+    before = run_async(state())
+
+    result = runner.invoke(migrate, ["--db", empty_postgresql_url, "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "Migrate ✔\n"
+        + "".join(f"{name} (already applied)\n" for name in FILE_NAMES[:4])
+        + "0005_redacted_certificates.sql ✔\n"
+        + f"{EXTRAS} ✔\n"
+        + "Dry run: nothing was changed\n"
+    )
+    assert run_async(state()) == before
+
+
+def test_migrate_refuses_an_unknown_layout_in_one_line(
     runner: CliRunner, empty_postgresql_url: str
 ) -> None:
     run_sql(empty_postgresql_url, "CREATE TABLE human (x INTEGER)")
 
     result = runner.invoke(migrate, ["--db", empty_postgresql_url])
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert result.stdout == (
-        "Migrate ✔\n"
-        "0001_initial.sql ✔\n"
-        "0002_add_migration_table.sql ✔\n"
-        '0003_human_handle.sql ✘: relation "human" already exists\n'
+        "Migrate ✘\n"
+        "Error: Unknown database layout: Parsec objects without an `organization` table "
+        "(found human); nothing was changed\n"
     )
-    assert last_applied_migration(empty_postgresql_url) == 2
+    assert "Traceback" not in result.output
+    assert run_async(tables(empty_postgresql_url)) == ["human"]
+
+
+def test_migrate_refuses_a_database_in_use_unless_forced(
+    runner: CliRunner, empty_postgresql_url: str
+) -> None:
+    async def with_other_connection(args: list[str]) -> object:
+        async with connect(empty_postgresql_url, "parsec-server"):
+            return await asyncio.to_thread(runner.invoke, migrate, args)
+
+    result = run_async(with_other_connection(["--db", empty_postgresql_url]))
+    assert result.exit_code == 1, result.output  # type: ignore[attr-defined]
+    assert result.stdout == (  # type: ignore[attr-defined]
+        "Migrate ✘\n"
+        "Error: database in use by 1 other connection(s) (a running server?); "
+        "stop it or pass --force; nothing was changed\n"
+    )
+
+    result = run_async(with_other_connection(["--db", empty_postgresql_url, "--force"]))
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert result.stdout == (  # type: ignore[attr-defined]
+        FIRST_RUN_OUTPUT + "note: going on (--force) with 1 other connection(s)\n"
+    )
 
 
 def test_migrate_refuses_a_non_postgresql_url(runner: CliRunner) -> None:

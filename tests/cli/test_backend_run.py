@@ -462,6 +462,42 @@ def test_log_settings_are_read_from_environment_variables(
     ]
 
 
+def test_audit_log_is_read_from_its_option_and_environment_variable(
+    fake_server: FakeServer,
+) -> None:
+    assert invoke(REQUIRED_ARGS).exit_code == 0
+    assert invoke([*REQUIRED_ARGS, "--audit-log", "a.log"]).exit_code == 0
+    assert invoke(REQUIRED_ARGS, env={"PARSEC_AUDIT_LOG": "b.log"}).exit_code == 0
+    assert [config.audit_log for config in fake_server.configs] == [
+        None,
+        Path("a.log"),
+        Path("b.log"),
+    ]
+
+
+def test_unwritable_audit_log_fails_at_start_up_in_one_line(tmp_path: Path) -> None:
+    audit_log = tmp_path / "missing-folder" / "audit.log"
+    port = free_port()
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "parsec"),
+            "backend",
+            "run",
+            *REQUIRED_ARGS,
+            f"--port={port}",
+            f"--audit-log={audit_log}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Cannot open audit log file `{audit_log}`: No such file or directory"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_tls_files_are_read_from_environment_variables(
     fake_server: FakeServer, tls_files: TlsFiles
 ) -> None:

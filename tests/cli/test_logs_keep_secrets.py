@@ -1,15 +1,18 @@
-"""The server's logs hold no secret and no personal data.
+"""The server's logs and its audit log hold no secret and no personal data.
 
-A server is run as an administrator would (`parsec backend run --log-level INFO`), with a
-bootstrap webhook whose URL carries credentials. Every kind of handshake happens (a wrong
-administration token included), an organization is bootstrapped, a user and a device are
-invited by e-mail and claimed. Then the log file and the server's output are searched for
-every token, e-mail, name and password the scenario used.
+A server is run as an administrator would (`parsec backend run --log-level INFO
+--audit-log FILE`), with a bootstrap webhook whose URL carries credentials. Every kind of
+handshake happens (a wrong administration token included), an organization is
+bootstrapped, a user and a device are invited by e-mail and claimed, its stats exported,
+the user revoked and refused, then the REST administration API is used (a wrong token,
+a user frozen and unfrozen by e-mail). Then the log file, the audit file and the server's output
+are searched for every token, e-mail, name, password and key the scenario used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -18,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from parsec_server.client.device_file import list_available_devices
+from parsec_server.client.connection import HandshakeRefused
+from parsec_server.client.device import LocalDevice
+from parsec_server.client.device_file import list_available_devices, load_device_with_password
+from tests.backend.common import revoke
 from tests.cli.commands import TIMEOUT, Command, Done, our_parsec, run
 from tests.fixtures import free_port
 
@@ -71,6 +77,7 @@ async def webhook() -> AsyncIterator[Webhook]:
 class Server:
     addr: str
     log_file: Path
+    audit_file: Path
     process: asyncio.subprocess.Process
 
     async def stop(self) -> str:
@@ -97,6 +104,7 @@ async def start_server(db_url: str, log_file: Path, webhook: Webhook) -> Server:
         f"--port={port}",
         "--log-level=INFO",
         f"--log-file={log_file}",
+        f"--audit-log={log_file.parent / 'audit.log'}",
         f"--organization-bootstrap-webhook={webhook.url}",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -112,12 +120,17 @@ async def start_server(db_url: str, log_file: Path, webhook: Webhook) -> Server:
                 continue
             writer.close()
             break
-    return Server(addr, log_file, process)
+    return Server(addr, log_file, log_file.parent / "audit.log", process)
 
 
 def ok(done: Done) -> Done:
     assert done.returncode == 0, done.describe()
     return done
+
+
+def load_device(config_dir: Path) -> LocalDevice:
+    [device] = list_available_devices(config_dir)
+    return load_device_with_password(device.key_file_path, PASSWORD)
 
 
 def device_args(config_dir: Path, password: str = PASSWORD) -> list[str]:
@@ -230,6 +243,33 @@ async def test_logs_of_a_full_scenario_hold_no_secret(
             unknown,
         )
         assert claimed.returncode != 0
+
+        # Stats exported, the user revoked, then refused.
+        ok(
+            await run(
+                tmp_path, "stats_organization", "--addr", server.addr, "-T", ADMIN_TOKEN, "Org1"
+            )
+        )
+        admin, user = load_device(admin_dir), load_device(user_dir)
+        secrets += [admin.signing_key.encode().hex(), user.signing_key.encode().hex()]
+        secrets += [admin.private_key.encode().hex(), admin.user_manifest_key.hex()]
+        async with await admin.connect() as conn:
+            await revoke(conn, admin, user.user_id)
+        with pytest.raises(HandshakeRefused):
+            await user.connect()
+
+        # The REST administration API: a wrong token, an update, a user frozen by e-mail,
+        # the server's stats exported.
+        rest = ["--addr", server.addr, "-T", ADMIN_TOKEN]
+        refused = await run(
+            tmp_path, "list_organizations", "--addr", server.addr, "-T", WRONG_TOKEN
+        )
+        assert refused.returncode != 0
+        ok(await run(tmp_path, "update_organization", *rest, "Org1", "--active-users-limit", "9"))
+        ok(await run(tmp_path, "freeze_user", *rest, "Org1", "--email", ADMIN_EMAIL))
+        ok(await run(tmp_path, "unfreeze_user", *rest, "Org1", "--email", ADMIN_EMAIL))
+        ok(await run(tmp_path, "list_organization_users", *rest, "Org1"))
+        ok(await run(tmp_path, "export_stats", *rest, str(tmp_path / "stats.csv")))
     finally:
         output = await server.stop()
 
@@ -240,5 +280,20 @@ async def test_logs_of_a_full_scenario_hold_no_secret(
     for token in secrets[-3:]:
         # The tokens as hex and as UUIDs.
         secrets.append(f"{token[:8]}-{token[8:12]}-{token[12:16]}-{token[16:20]}-{token[20:]}")
-    leaked = [secret for secret in secrets if secret in logs or secret in output]
-    assert leaked == [], (leaked, logs, output)
+    audit = server.audit_file.read_text()
+    actions = {(line["action"], line["reason"]) for line in map(json.loads, audit.splitlines())}
+    assert actions == {
+        ("administration.token_refused", "bad_administration_token"),
+        ("organization.create", None),
+        ("organization.stats_export", None),
+        ("handshake.refused", "unknown_invitation"),
+        ("user.revoke", None),
+        ("handshake.refused", "revoked_device"),
+        ("administration.token_refused", "bad_administration_token"),
+        ("organization.update", None),
+        ("user.freeze", None),
+        ("user.unfreeze", None),
+        ("server.stats_export", None),
+    }
+    leaked = [secret for secret in secrets if secret in logs or secret in output or secret in audit]
+    assert leaked == [], (leaked, logs, output, audit)

@@ -25,7 +25,10 @@ import queue
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +38,21 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from parsec_server.backend.storage.postgresql.event_bus import LISTENER_APPLICATION_NAME
+from tests.fixtures import free_port
 from tests.fixtures.postgresql import run_async
 from tests.interop.conftest import (
     PASSWORD,
     RESULT_PREFIX,
     Cli,
     GuideServer,
+    ServerProcess,
+    accepts_tls,
     bootstrap_organization,
     create_organization,
     describe,
     new_organization_name,
+    our_parsec,
+    parse_key_values,
 )
 
 pytestmark = pytest.mark.interop
@@ -866,6 +874,117 @@ def test_revoked_user_is_refused_at_its_next_connection(story: Story) -> None:
     # The others are not affected
     assert story.run("connect", story.bob) == {"outcome": "ok"}
     story.done.add("revoke")
+
+
+# --- 6b. Administration API: stats and freezing ---------------------------------------------
+
+
+def admin_api(
+    server: GuideServer, method: str, path: str, body: Any = None, port: int | None = None
+) -> tuple[int, Any]:
+    """A call to the administration REST API of our server (HTTPS, the test CA)."""
+    url = f"https://localhost:{port or server.port}/administration{path}"
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {server.administration_token}",
+            "Content-Type": "application/json",
+        },
+    )
+    context = server.tls.client_context()
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=SCRIPT_TIMEOUT) as rep:
+            return rep.status, json.loads(rep.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_rest_stats_are_what_the_reference_cli_reports(
+    story: Story, guide_server: GuideServer
+) -> None:
+    story.require("create")
+    result = story.cli.run(
+        "core",
+        "stats_organization",
+        "--addr",
+        guide_server.addr,
+        "-T",
+        guide_server.administration_token,
+        story.organization,
+    )
+    assert result.returncode == 0, describe(result)
+    reported = parse_key_values(result.stdout)
+    status, stats = admin_api(guide_server, "GET", f"/organizations/{story.organization}/stats")
+    assert status == 200, stats
+    assert {k: str(stats[k]) for k in ("users", "data_size", "metadata_size")} == {
+        k: reported[k] for k in ("users", "data_size", "metadata_size")
+    }
+    assert stats["realms"] >= 1 and stats["data_size"] > BIG_FILE_SIZE
+
+
+@pytest.fixture
+def second_server(guide_server: GuideServer, tmp_path: Path) -> Iterator[int]:
+    """Another `parsec backend run` on the guide server's database: its port."""
+    port = free_port()
+    env = {
+        **guide_server.env,
+        "PARSEC_PORT": str(port),
+        "PARSEC_BACKEND_ADDR": f"parsec://localhost:{port}",
+    }
+    process = ServerProcess(
+        [our_parsec(), "backend", "run"],
+        env,
+        tmp_path,
+        ready=accepts_tls(port, guide_server.tls),
+        cwd=tmp_path,
+    )
+    process.start()
+    try:
+        yield port
+    finally:
+        process.stop()
+
+
+def test_frozen_user_loses_its_connection_at_once_and_is_refused_until_unfrozen(
+    story: Story, guide_server: GuideServer, second_server: int
+) -> None:
+    """Frozen through the other server process: the running 2.0.0 client connected to
+    the first one loses its connection and shows its device as revoked."""
+    assert story.run("connect", story.bob) == {"outcome": "ok"}
+    freeze = f"/organizations/{story.organization}/users/freeze"
+    connected = story.start("stay_connected", story.bob, timeout=WATCH_TIMEOUT)
+    try:
+        assert connected.wait(READY_PREFIX, SCRIPT_TIMEOUT) == {"status": "READY"}
+        started = time.monotonic()
+        status, rep = admin_api(
+            guide_server,
+            "POST",
+            freeze,
+            {"user_email": "bob@example.com", "frozen": True},
+            port=second_server,
+        )
+        assert (status, rep["frozen"]) == (200, True), rep
+        ended = connected.wait(RESULT_PREFIX, WATCH_TIMEOUT + 15)
+        elapsed = time.monotonic() - started
+        assert ended == {
+            "status": "REFUSED",
+            "reason": "BackendConnectionRefused: Device has been revoked",
+        }, connected.printed
+        assert elapsed < 10, elapsed  # closed at once, then refused at the reconnection
+        assert connected.finish() == 0, connected.printed
+    finally:
+        connected.kill()
+    outcome = story.run("connect", story.bob)
+    assert outcome == {"outcome": "BackendConnectionRefused: Device has been revoked"}
+    assert story.run("connect", story.alice) == {"outcome": "ok"}
+
+    status, rep = admin_api(
+        guide_server, "POST", freeze, {"user_id": rep["user_id"], "frozen": False}
+    )
+    assert (status, rep["frozen"]) == (200, False), rep
+    assert story.run("connect", story.bob) == {"outcome": "ok"}
 
 
 # --- 7. Reencryption ----------------------------------------------------------------------

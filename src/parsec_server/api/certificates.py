@@ -18,10 +18,10 @@ from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.crypto import SIGNATURE_SIZE, CryptoError, sign, verify_signed
 from parsec_server.api.ids import (
     DeviceID,
+    DeviceLabel,
     HumanHandle,
     PublicKeyBytes,
     RealmRole,
-    Text,
     UserID,
     UserProfile,
     VerifyKeyBytes,
@@ -69,7 +69,7 @@ class UserCertificate(_Certificate, frozen=True, tag="user_certificate"):
 class DeviceCertificate(_Certificate, frozen=True, tag="device_certificate"):
     device_id: DeviceID
     verify_key: VerifyKeyBytes
-    device_label: Text | None = None
+    device_label: DeviceLabel | None = None
 
 
 class RevokedUserCertificate(_Certificate, frozen=True, tag="revoked_user_certificate"):

@@ -20,7 +20,18 @@ import msgspec
 _NAME = r"[\w\-]{1,32}"
 
 # Any text without a NUL character (`\w` of the identifiers already excludes it).
-Text = Annotated[str, msgspec.Meta(pattern=r"\A[^\x00]*\Z")]
+_TEXT_PATTERN = r"\A[^\x00]*\Z"
+Text = Annotated[str, msgspec.Meta(pattern=_TEXT_PATTERN)]
+# Texts stored in a VARCHAR(n) column of Parsec 2.0.0's PostgreSQL layout (n characters):
+# longer ones are refused on every storage, so that a database can be handed back to it.
+DEVICE_LABEL_MAX_LENGTH = 254
+CLAIMER_EMAIL_MAX_LENGTH = 255
+DeviceLabel = Annotated[
+    str, msgspec.Meta(pattern=_TEXT_PATTERN, max_length=DEVICE_LABEL_MAX_LENGTH)
+]
+ClaimerEmail = Annotated[
+    str, msgspec.Meta(pattern=_TEXT_PATTERN, max_length=CLAIMER_EMAIL_MAX_LENGTH)
+]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

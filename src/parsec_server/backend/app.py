@@ -9,6 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from parsec_server.backend.apiv1_invite import BaseAPIV1InviteComponent
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog, open_audit_log
 from parsec_server.backend.block import BaseBlockComponent
 from parsec_server.backend.client_context import ClientContext, InvitedClientContext
 from parsec_server.backend.config import BackendConfig
@@ -49,6 +50,9 @@ class BackendApp:
     # Where costly messages are checked, off the event loop (docs/frame-outcomes.md);
     # None: the event loop's default executor (apps not built by `backend_app_factory`).
     message_check_threads: Executor | None = None
+    # Administration actions and security events (docs/audit-log.md); its file, if any, is
+    # closed by `backend_app_factory`.
+    audit: AuditLog = STREAM_ONLY
 
     def __post_init__(self) -> None:
         self.event_bus.connect(self.connections.dispatch)
@@ -70,17 +74,20 @@ async def backend_app_factory(
     """Build the app on the configured storage; raises StartupError before yielding if
     the database cannot be used."""
     # Two threads: a hostile message keeps at most these busy, never the event loop.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="message-check") as threads:
+    with (
+        open_audit_log(config.audit_log) as audit,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="message-check") as threads,
+    ):
         if config.db_type == "MOCKED":
             from parsec_server.backend.storage.memory.factory import memory_components
 
-            async with memory_components(config, metrics) as components:
-                yield _assemble(config, components, metrics, threads)
+            async with memory_components(config, metrics, audit) as components:
+                yield _assemble(config, components, metrics, threads, audit)
         else:
             from parsec_server.backend.storage.postgresql.factory import postgresql_components
 
-            async with postgresql_components(config, metrics) as components:
-                yield _assemble(config, components, metrics, threads)
+            async with postgresql_components(config, metrics, audit) as components:
+                yield _assemble(config, components, metrics, threads, audit)
 
 
 def _assemble(
@@ -88,6 +95,7 @@ def _assemble(
     components: StorageComponents,
     metrics: Metrics,
     message_check_threads: Executor,
+    audit: AuditLog,
 ) -> BackendApp:
     connections = ConnectionRegistry()
     return BackendApp(
@@ -106,6 +114,7 @@ def _assemble(
         events=EventsComponent(components.realm.realms_of_user, connections, metrics),
         connections=connections,
         metrics=metrics,
+        audit=audit,
         readiness=Readiness(
             {
                 "database": components.database,

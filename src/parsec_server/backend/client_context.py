@@ -25,6 +25,8 @@ class AuthenticatedClientContext:
     verify_key: bytes
     api_major: int
     events: ClientEvents = field(default_factory=ClientEvents)
+    # The peer's IP address (after the trusted proxy headers), for the audit log.
+    peer_address: str | None = None
 
 
 @dataclass(slots=True)
@@ -44,7 +46,8 @@ class AnonymousClientContext:
 
 @dataclass(slots=True)
 class AdministrationClientContext:
-    pass
+    # The peer's IP address (after the trusted proxy headers), for the audit log.
+    peer_address: str | None = None
 
 
 ClientContext = (
@@ -80,9 +83,11 @@ def loggable(client: ClientContext | None) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeRefusal:
-    """Why the handshake failed (`help` is the optional text sent to the client)."""
+    """Why the handshake failed: `result` is what the client is told (with the optional
+    text `help`), `reason` what the audit log says (docs/audit-log.md, fixed words)."""
 
     result: HandshakeResult
+    reason: str
     help: str | None = None
 
 

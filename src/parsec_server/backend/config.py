@@ -129,6 +129,8 @@ class BackendConfig:
     # Seconds a SIGTERM/SIGINT shutdown may take (requests in progress, then closing the
     # storage) before what remains is abandoned (docs/deployment.md).
     shutdown_timeout: float = 30.0
+    # Where the audit lines are appended besides the log stream (docs/audit-log.md).
+    audit_log: Path | None = None
 
     @property
     def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:

@@ -26,6 +26,7 @@ from parsec_server.backend.events import (
     RealmMaintenanceStartedEvent,
     RealmRolesUpdatedEvent,
     RealmVlobsUpdatedEvent,
+    UserFrozenEvent,
     UserRevokedEvent,
 )
 
@@ -166,7 +167,7 @@ class ConnectionRegistry:
     def _recipients(self, event: Event) -> Set[ClientConnection]:
         org = event.organization_id
         match event:
-            case UserRevokedEvent(user_id=user_id):
+            case UserRevokedEvent(user_id=user_id) | UserFrozenEvent(user_id=user_id):
                 return self._by_user.get((org, user_id), set())
             case MessageReceivedEvent(recipient=user_id):
                 return self._by_user.get((org, user_id), set())

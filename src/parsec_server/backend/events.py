@@ -41,6 +41,12 @@ class UserRevokedEvent(Event, frozen=True, tag="user.revoked"):
     user_id: str
 
 
+class UserFrozenEvent(Event, frozen=True, tag="user.frozen"):
+    """Closes the user's connections, as a revocation (administration API)."""
+
+    user_id: str
+
+
 class OrganizationExpiredEvent(Event, frozen=True, tag="organization.expired"):
     pass
 
@@ -114,6 +120,7 @@ class APIV1InvitationCancelledEvent(Event, frozen=True, tag="apiv1.invitation.ca
 AnyEvent = (
     PingedEvent
     | UserRevokedEvent
+    | UserFrozenEvent
     | OrganizationExpiredEvent
     | MessageReceivedEvent
     | InviteStatusChangedEvent

@@ -183,21 +183,23 @@ class BaseInviteComponent(ABC):
     async def handshake(self, answer: InvitedAnswer) -> InvitedClientContext | HandshakeRefusal:
         organization = await self._organization.get(answer.organization_id)
         if organization is None:
-            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY)
+            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY, "unknown_organization")
         if organization.is_expired(DateTime.now()):
             await self._event_bus.send(
                 OrganizationExpiredEvent(organization_id=answer.organization_id)
             )
-            return HandshakeRefusal(HandshakeResult.ORGANIZATION_EXPIRED)
+            return HandshakeRefusal(HandshakeResult.ORGANIZATION_EXPIRED, "organization_expired")
         invitation = await self.get(answer.organization_id, answer.token.uuid)
         if invitation is None:
-            help = HELP_INVITATION_NOT_FOUND
-            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY, help)
+            return HandshakeRefusal(
+                HandshakeResult.BAD_IDENTITY, "unknown_invitation", HELP_INVITATION_NOT_FOUND
+            )
         if invitation.deleted_on is not None:
-            help = HELP_INVITATION_DELETED
-            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY, help)
+            return HandshakeRefusal(
+                HandshakeResult.BAD_IDENTITY, "invitation_deleted", HELP_INVITATION_DELETED
+            )
         if invitation.type is not answer.invitation_type:
-            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY)
+            return HandshakeRefusal(HandshakeResult.BAD_IDENTITY, "invitation_type_mismatch")
         client = InvitedClientContext(organization_id=answer.organization_id, invitation=invitation)
         return client
 

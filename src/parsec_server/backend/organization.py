@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum, auto
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from parsec_server.api.certificates import (
     CertificateError,
@@ -26,6 +28,8 @@ from parsec_server.api.protocol.organization import (
     OrganizationStatusReq,
     OrganizationUpdateReq,
 )
+from parsec_server.backend.audit import OK as AUDIT_OK
+from parsec_server.backend.audit import STREAM_ONLY, Action, Actor, AuditLog, Target
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import (
     AdministrationClientContext,
@@ -52,13 +56,70 @@ class Organization:
 
 
 @dataclass(frozen=True, slots=True)
+class OrganizationSettings:
+    """What the administration sets besides the expiration date (stored by our server
+    only: `ext_organization_settings` on PostgreSQL)."""
+
+    # None: no limit. Revoked and frozen users do not count.
+    active_users_limit: int | None = None
+    user_profile_outsider_allowed: bool = True
+
+
+DEFAULT_SETTINGS = OrganizationSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationDetails:
+    """An organization as the administration sees it."""
+
+    organization: Organization
+    settings: OrganizationSettings
+    # None: created by Parsec 2.0.0 before our server took the database over.
+    created_on: DateTime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileCount:
+    active: int
+    revoked: int
+
+
+@dataclass(frozen=True, slots=True)
 class OrganizationStats:
-    users: int
+    users: int  # revoked ones included (what `organization_stats` has always reported)
     data_size: int
     metadata_size: int
+    active_users: int = 0  # not revoked (frozen ones included)
+    realms: int = 0
+    users_per_profile: Mapping[UserProfile, ProfileCount] = field(default_factory=dict)
+
+
+def count_users(
+    users: Iterable[tuple[UserProfile, bool]],
+) -> tuple[int, int, dict[UserProfile, ProfileCount]]:
+    """(users, active users, per profile) of `(profile, revoked)` pairs."""
+    counts = {profile: [0, 0] for profile in UserProfile}
+    for profile, revoked in users:
+        counts[profile][1 if revoked else 0] += 1
+    per_profile = {p: ProfileCount(active=a, revoked=r) for p, (a, r) in counts.items()}
+    active = sum(c.active for c in per_profile.values())
+    return active + sum(c.revoked for c in per_profile.values()), active, per_profile
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationUpdate:
+    """The changes of an administrator's update; UNSET: left as it is. `is_expired` is a
+    shorthand: True sets the expiration date to now (unless already expired), False
+    removes a past expiration date. Not given together with `expiration_date`."""
+
+    expiration_date: DateTime | UnsetType | None = UNSET
+    is_expired: bool | UnsetType = UNSET
+    active_users_limit: int | UnsetType | None = UNSET
+    user_profile_outsider_allowed: bool | UnsetType = UNSET
 
 
 class OrganizationCreateBadOutcome(Enum):
+    ALREADY_EXISTS = auto()  # only when not replacing a not bootstrapped organization
     ALREADY_BOOTSTRAPPED = auto()
 
 
@@ -73,17 +134,27 @@ def _invalid_certification(detail: str) -> Rep:
 
 
 class BaseOrganizationComponent(ABC):
-    def __init__(self, event_bus: EventBus, webhook: BootstrapWebhook) -> None:
+    def __init__(
+        self, event_bus: EventBus, webhook: BootstrapWebhook, audit: AuditLog = STREAM_ONLY
+    ) -> None:
         self._event_bus = event_bus
         self._webhook = webhook
+        self._audit = audit
 
     # Storage
 
     @abstractmethod
     async def create(
-        self, organization_id: str, bootstrap_token: str, expiration_date: DateTime | None
+        self,
+        organization_id: str,
+        bootstrap_token: str,
+        expiration_date: DateTime | None,
+        settings: OrganizationSettings,
+        created_on: DateTime,
+        replace_unbootstrapped: bool,
     ) -> OrganizationCreateBadOutcome | None:
-        """Create, or overwrite a not yet bootstrapped one (new token, new expiration)."""
+        """Create; an existing organization not yet bootstrapped is overwritten (new token,
+        expiration, settings) when `replace_unbootstrapped`, else `ALREADY_EXISTS`."""
 
     @abstractmethod
     async def create_if_missing(self, organization_id: str, bootstrap_token: str) -> None:
@@ -91,6 +162,13 @@ class BaseOrganizationComponent(ABC):
 
     @abstractmethod
     async def get(self, organization_id: str) -> Organization | None: ...
+
+    @abstractmethod
+    async def get_details(self, organization_id: str) -> OrganizationDetails | None: ...
+
+    @abstractmethod
+    async def list_details(self, offset: int, limit: int) -> tuple[list[OrganizationDetails], int]:
+        """A page of organizations in id order, and how many there are."""
 
     @abstractmethod
     async def bootstrap(
@@ -104,22 +182,119 @@ class BaseOrganizationComponent(ABC):
         """Atomically check the token, set the root key, create the first user and device."""
 
     @abstractmethod
-    async def stats(self, organization_id: str) -> OrganizationStats | None: ...
+    async def stats(self, organization_id: str, at: DateTime | None) -> OrganizationStats | None:
+        """As of `at` (None: everything stored, whatever its date)."""
 
     @abstractmethod
-    async def update_expiration_date(
-        self, organization_id: str, expiration_date: DateTime | None
+    async def all_stats(self, at: DateTime | None) -> list[tuple[str, OrganizationStats]]:
+        """The stats of every organization existing at `at` (those of unknown creation
+        date included), in id order."""
+
+    @abstractmethod
+    async def update(
+        self,
+        organization_id: str,
+        expiration_date: DateTime | UnsetType | None,
+        active_users_limit: int | UnsetType | None,
+        user_profile_outsider_allowed: bool | UnsetType,
     ) -> bool:
-        """False when the organization does not exist."""
+        """Change what is not UNSET; False when the organization does not exist."""
+
+    # Administration (shared by the websocket commands and the REST API)
+
+    async def create_organization(
+        self,
+        actor: Actor,
+        organization_id: str,
+        expiration_date: DateTime | None,
+        settings: OrganizationSettings = DEFAULT_SETTINGS,
+        *,
+        replace_unbootstrapped: bool,
+    ) -> str | OrganizationCreateBadOutcome:
+        """The new organization's bootstrap token. The websocket command replaces an
+        organization not yet bootstrapped (Parsec 2.0.0), the REST API does not."""
+        token = new_bootstrap_token()
+        outcome = await self.create(
+            organization_id,
+            token,
+            expiration_date,
+            settings,
+            DateTime.now(),
+            replace_unbootstrapped,
+        )
+        self._audit.record(
+            Action.ORGANIZATION_CREATE,
+            actor,
+            Target(organization=organization_id),
+            AUDIT_OK if outcome is None else outcome.name.lower(),
+            expiration_date=expiration_date,
+            active_users_limit=settings.active_users_limit,
+            user_profile_outsider_allowed=settings.user_profile_outsider_allowed,
+        )
+        return token if outcome is None else outcome
+
+    async def update_organization(
+        self, actor: Actor, organization_id: str, update: OrganizationUpdate
+    ) -> OrganizationDetails | None:
+        """The organization once updated; None if it does not exist. Audited as
+        `organization.expire` when its expiration date becomes reached, else
+        `organization.update`."""
+        expiration_date = update.expiration_date
+        found = True
+        if not isinstance(update.is_expired, UnsetType):
+            current = await self.get_details(organization_id)
+            found = current is not None
+            if current is not None:
+                expiration_date = _expiration_for(
+                    current.organization.expiration_date, update.is_expired, DateTime.now()
+                )
+        if found:
+            found = await self.update(
+                organization_id,
+                expiration_date,
+                update.active_users_limit,
+                update.user_profile_outsider_allowed,
+            )
+        expires = isinstance(expiration_date, DateTime) and expiration_date <= DateTime.now()
+        given = {
+            "expiration_date": update.expiration_date,
+            "is_expired": update.is_expired,
+            "active_users_limit": update.active_users_limit,
+            "user_profile_outsider_allowed": update.user_profile_outsider_allowed,
+        }
+        self._audit.record(
+            Action.ORGANIZATION_EXPIRE if expires else Action.ORGANIZATION_UPDATE,
+            actor,
+            Target(organization=organization_id),
+            AUDIT_OK if found else "not_found",
+            None,
+            **{key: value for key, value in given.items() if not isinstance(value, UnsetType)},
+        )
+        if not found:
+            return None
+        if not isinstance(expiration_date, UnsetType):
+            await self._announce_expiration(organization_id, expiration_date)
+        return await self.get_details(organization_id)
+
+    async def _announce_expiration(
+        self, organization_id: str, expiration_date: DateTime | None
+    ) -> None:
+        """An expiration date already reached closes the organization's connections."""
+        if expiration_date is not None and expiration_date <= DateTime.now():
+            await self._event_bus.send(OrganizationExpiredEvent(organization_id=organization_id))
 
     # Commands
 
     async def api_organization_create(
         self, client: AdministrationClientContext, req: OrganizationCreateReq
     ) -> Rep:
-        token = new_bootstrap_token()
-        outcome = await self.create(req.organization_id, token, req.expiration_date)
-        if outcome is OrganizationCreateBadOutcome.ALREADY_BOOTSTRAPPED:
+        token = await self.create_organization(
+            Actor.of(client),
+            req.organization_id,
+            req.expiration_date,
+            replace_unbootstrapped=True,
+        )
+        if isinstance(token, OrganizationCreateBadOutcome):
             return error("already_exists")
         if req.expiration_date is None:
             return ok(bootstrap_token=token)
@@ -139,7 +314,13 @@ class BaseOrganizationComponent(ABC):
     async def api_organization_stats(
         self, client: AdministrationClientContext, req: OrganizationStatsReq
     ) -> Rep:
-        stats = await self.stats(req.organization_id)
+        stats = await self.stats(req.organization_id, None)
+        self._audit.record(
+            Action.ORGANIZATION_STATS_EXPORT,
+            Actor.of(client),
+            Target(organization=req.organization_id),
+            "not_found" if stats is None else AUDIT_OK,
+        )
         if stats is None:
             return error("not_found")
         return ok(users=stats.users, data_size=stats.data_size, metadata_size=stats.metadata_size)
@@ -147,12 +328,9 @@ class BaseOrganizationComponent(ABC):
     async def api_organization_update(
         self, client: AdministrationClientContext, req: OrganizationUpdateReq
     ) -> Rep:
-        if not await self.update_expiration_date(req.organization_id, req.expiration_date):
+        update = OrganizationUpdate(expiration_date=req.expiration_date)
+        if await self.update_organization(Actor.of(client), req.organization_id, update) is None:
             return error("not_found")
-        if req.expiration_date is not None and req.expiration_date <= DateTime.now():
-            await self._event_bus.send(
-                OrganizationExpiredEvent(organization_id=req.organization_id)
-            )
         return OK
 
     async def api_organization_bootstrap(
@@ -176,6 +354,16 @@ class BaseOrganizationComponent(ABC):
                 pass
         await self._webhook.notify_bootstrap(client.organization_id, user, device)
         return OK
+
+
+def _expiration_for(
+    current: DateTime | None, expired: bool, now: DateTime
+) -> DateTime | UnsetType | None:
+    """The expiration date that `is_expired` asks for (UNSET: nothing to change)."""
+    is_expired = current is not None and current <= now
+    if expired == is_expired:
+        return UNSET
+    return now if expired else None
 
 
 def bootstrap_token_matches(organization: Organization, token: str) -> bool:

@@ -28,20 +28,24 @@ from parsec_server.api.protocol.user import (
     UserGetReq,
     UserRevokeReq,
 )
+from parsec_server.backend.audit import OK as AUDIT_OK
+from parsec_server.backend.audit import STREAM_ONLY, Action, Actor, AuditLog, Target
 from parsec_server.backend.ballpark import timestamps_in_the_ballpark
 from parsec_server.backend.client_context import AuthenticatedClientContext
 from parsec_server.backend.events import (
     DeviceCreatedEvent,
     EventBus,
     UserCreatedEvent,
+    UserFrozenEvent,
     UserRevokedEvent,
 )
-from parsec_server.backend.organization import Organization
+from parsec_server.backend.organization import Organization, OrganizationSettings
 from parsec_server.backend.user_types import (
     Device,
     HumanFindResult,
     Trustchain,
     User,
+    UserSummary,
     UserWithTrustchain,
 )
 
@@ -49,6 +53,27 @@ from parsec_server.backend.user_types import (
 class UserCreateBadOutcome(Enum):
     USER_ALREADY_EXISTS = auto()
     HUMAN_HANDLE_ALREADY_TAKEN = auto()
+    # The organization's settings (administration API)
+    ACTIVE_USERS_LIMIT_REACHED = auto()
+    OUTSIDER_NOT_ALLOWED = auto()
+
+
+class UserFreezeBadOutcome(Enum):
+    ORGANIZATION_NOT_FOUND = auto()
+    USER_NOT_FOUND = auto()
+
+
+def creation_refused(
+    settings: OrganizationSettings, profile: UserProfile, active_users: int
+) -> UserCreateBadOutcome | None:
+    """The organization's settings applied to a new user, given how many users are active
+    (neither revoked nor frozen). Both storages call it within their creation."""
+    if profile is UserProfile.OUTSIDER and not settings.user_profile_outsider_allowed:
+        return UserCreateBadOutcome.OUTSIDER_NOT_ALLOWED
+    limit = settings.active_users_limit
+    if limit is not None and active_users >= limit:
+        return UserCreateBadOutcome.ACTIVE_USERS_LIMIT_REACHED
+    return None
 
 
 class DeviceCreateBadOutcome(Enum):
@@ -174,8 +199,9 @@ def refuse_outsider(client: AuthenticatedClientContext) -> Rep | None:
 
 
 class BaseUserComponent(ABC):
-    def __init__(self, event_bus: EventBus) -> None:
+    def __init__(self, event_bus: EventBus, audit: AuditLog = STREAM_ONLY) -> None:
         self._event_bus = event_bus
+        self._audit = audit
 
     # Storage
 
@@ -234,6 +260,45 @@ class BaseUserComponent(ABC):
     @abstractmethod
     async def human_candidates(self, organization_id: str) -> list[HumanCandidate]:
         """Every user of the organization, for human_find/user_find."""
+
+    @abstractmethod
+    async def list_users(self, organization_id: str) -> list[UserSummary] | None:
+        """Every user of the organization in id order; None if it does not exist."""
+
+    @abstractmethod
+    async def set_frozen(
+        self, organization_id: str, user_id: str | None, email: str | None, frozen: bool
+    ) -> UserSummary | UserFreezeBadOutcome:
+        """Freeze or unfreeze the user of that id, or the non-revoked user of that email."""
+
+    # Administration (REST API)
+
+    async def freeze_user(
+        self,
+        actor: Actor,
+        organization_id: str,
+        user_id: str | None,
+        email: str | None,
+        frozen: bool,
+    ) -> UserSummary | UserFreezeBadOutcome:
+        """Frozen: refused at the handshake, and its connections closed on every server
+        process (the `user.frozen` event, as a revocation)."""
+        outcome = await self.set_frozen(organization_id, user_id, email, frozen)
+        # The user by its id: found by e-mail, the id is known; else `by_email` only says
+        # that it was looked up by e-mail (never the address).
+        found = outcome.user_id if isinstance(outcome, UserSummary) else user_id
+        self._audit.record(
+            Action.USER_FREEZE if frozen else Action.USER_UNFREEZE,
+            actor,
+            Target(organization=organization_id, user=found),
+            outcome.name.lower() if isinstance(outcome, UserFreezeBadOutcome) else AUDIT_OK,
+            by_email=email is not None,
+        )
+        if frozen and isinstance(outcome, UserSummary):
+            await self._event_bus.send(
+                UserFrozenEvent(organization_id=organization_id, user_id=outcome.user_id)
+            )
+        return outcome
 
     # Commands
 
@@ -337,6 +402,16 @@ class BaseUserComponent(ABC):
                     f"Human handle `{format_human_handle(user.human_handle)}` already "
                     "corresponds to a non-revoked user",
                 )
+            # The 2.0.0 client reports any status other than `ok` as a failed creation.
+            case UserCreateBadOutcome.ACTIVE_USERS_LIMIT_REACHED:
+                return error(
+                    "active_users_limit_reached",
+                    "The organization has reached its limit of active users",
+                )
+            case UserCreateBadOutcome.OUTSIDER_NOT_ALLOWED:
+                return error(
+                    "not_allowed", "The OUTSIDER profile is not allowed in this organization"
+                )
             case None:
                 pass
         await self._event_bus.send(
@@ -434,6 +509,12 @@ class BaseUserComponent(ABC):
             req.revoked_user_certificate,
             client.device_id,
             cert.timestamp,
+        )
+        self._audit.record(
+            Action.USER_REVOKE,
+            Actor.of(client),
+            Target(organization=client.organization_id, user=cert.user_id),
+            AUDIT_OK if outcome is None else outcome.name.lower(),
         )
         match outcome:
             case UserRevokeBadOutcome.NOT_FOUND:

@@ -20,6 +20,8 @@ class User:
     revoked_on: DateTime | None = None
     revoked_user_certificate: bytes | None = None
     revoked_user_certifier: str | None = None
+    # Frozen by the administration: refused at the handshake (not a protocol notion)
+    frozen: bool = False
 
     def is_revoked(self, now: DateTime) -> bool:
         return self.revoked_on is not None and self.revoked_on <= now
@@ -60,3 +62,15 @@ class HumanFindResult:
     user_id: str
     human_handle: HumanHandle | None
     revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """A user as the administration sees it."""
+
+    user_id: str
+    human_handle: HumanHandle | None
+    profile: UserProfile
+    created_on: DateTime
+    revoked_on: DateTime | None
+    frozen: bool

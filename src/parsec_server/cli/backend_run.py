@@ -212,6 +212,7 @@ def build_config(
     max_pending_connections_per_peer: int = 100,
     metrics_address: str | None = None,
     shutdown_timeout: float = 30.0,
+    audit_log: Path | None = None,
 ) -> BackendConfig:
     """Validates the `run` options into the server's configuration.
 
@@ -270,6 +271,7 @@ def build_config(
         max_pending_connections_per_peer=max_pending_connections_per_peer,
         metrics_address=metrics,
         shutdown_timeout=shutdown_timeout,
+        audit_log=audit_log,
     )
 
 
@@ -524,6 +526,13 @@ option = functools.partial(click.option, show_envvar=True)
     callback=_check_regex,
     help="Regular expression; keep only the log events whose text (dict form, e.g. "
     "`{'event': 'Connection opened', ...}`) starts with a match",
+)
+@option(
+    "--audit-log",
+    envvar="PARSEC_AUDIT_LOG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also append the audit lines (administration actions, security events; "
+    "docs/audit-log.md) to this file; they are always in the logs",
 )
 @option(
     "--sentry-url",

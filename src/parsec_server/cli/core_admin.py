@@ -23,7 +23,16 @@ from parsec_server.api.ids import is_valid_name
 from parsec_server.cli.logging_setup import configure_logging
 from parsec_server.client import organization as client
 
-__all__ = ["create_organization", "stats_organization", "status_organization"]
+__all__ = [
+    "converting",
+    "create_organization",
+    "organization_argument",
+    "parse_expiration_date",
+    "run_admin",
+    "server_options",
+    "stats_organization",
+    "status_organization",
+]
 
 T = TypeVar("T")
 
@@ -47,7 +56,7 @@ def _param_hint(param: click.Parameter | None) -> str | None:
     return " / ".join(f'"{opt}"' for opt in param.opts)
 
 
-def _bad_parameter(
+def bad_parameter(
     message: str, param: click.Parameter | None, ctx: click.Context | None
 ) -> click.BadParameter:
     return click.BadParameter(message, ctx=ctx, param=param, param_hint=_param_hint(param))
@@ -85,7 +94,7 @@ def parse_expiration_date(value: str) -> DateTime:
     raise ValueError(f"`{value}` does not match the formats {formats}")
 
 
-def _converting(
+def converting(
     parse: Callable[[str], T],
 ) -> Callable[[click.Context, click.Parameter, str | None], T | None]:
     """A click callback applying `parse`, its `ValueError` becoming a usage error."""
@@ -96,7 +105,7 @@ def _converting(
         try:
             return parse(value)
         except ValueError as exc:
-            raise _bad_parameter(str(exc), param, ctx) from None
+            raise bad_parameter(str(exc), param, ctx) from None
 
     return callback
 
@@ -162,15 +171,15 @@ def echo_reply(reply: dict[str, Any]) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 
-def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
-    """NAME, `--addr/-B` and `--administration-token/-T`, shared by the three commands."""
+def server_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`--addr/-B` and `--administration-token/-T`, shared by every administration command
+    (websocket or REST API)."""
     decorators = [
-        click.argument("name", callback=_converting(parse_organization_id)),
         click.option(
             "--addr",
             "-B",
             required=True,
-            callback=_converting(parse_backend_addr),
+            callback=converting(parse_backend_addr),
             metavar="URL",
             help="Server URL (parsec://host[:port][?no_ssl=true])",
         ),
@@ -186,13 +195,23 @@ def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def organization_argument(command: Callable[..., None]) -> Callable[..., None]:
+    """NAME, an organization id."""
+    return click.argument("name", callback=converting(parse_organization_id))(command)
+
+
+def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
+    """NAME, `--addr/-B` and `--administration-token/-T`, shared by the three commands."""
+    return organization_argument(server_options(command))
+
+
 @click.command("create_organization", short_help="Create a new organization")
 @_admin_options
 @click.option(
     "--expiration-date",
     "-E",
     metavar="DATE",
-    callback=_converting(parse_expiration_date),
+    callback=converting(parse_expiration_date),
     help="Expiration date of the organization (local time: YYYY-MM-DD[ HH:MM:SS])",
 )
 def create_organization(

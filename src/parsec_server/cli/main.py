@@ -1,4 +1,4 @@
-"""The `parsec` command: `parsec backend run|migrate` and `parsec core ...`."""
+"""The `parsec` command: `parsec backend run|migrate|downgrade` and `parsec core ...`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,21 @@ from typing import Any
 
 import click
 
+from parsec_server.cli.backend_downgrade import downgrade
 from parsec_server.cli.backend_migrate import migrate
 from parsec_server.cli.backend_run import run
 from parsec_server.cli.core_admin import (
     create_organization,
     stats_organization,
     status_organization,
+)
+from parsec_server.cli.core_admin_rest import (
+    export_stats,
+    freeze_user,
+    list_organization_users,
+    list_organizations,
+    unfreeze_user,
+    update_organization,
 )
 from parsec_server.cli.core_device import bootstrap_organization, list_devices
 from parsec_server.cli.core_invite import (
@@ -69,9 +78,16 @@ def core() -> None:
 
 backend.add_command(run)
 backend.add_command(migrate)
+backend.add_command(downgrade)
 core.add_command(create_organization)
 core.add_command(status_organization)
 core.add_command(stats_organization)
+core.add_command(list_organizations)
+core.add_command(update_organization)
+core.add_command(list_organization_users)
+core.add_command(freeze_user)
+core.add_command(unfreeze_user)
+core.add_command(export_stats)
 core.add_command(bootstrap_organization)
 core.add_command(list_devices)
 core.add_command(invite_user)

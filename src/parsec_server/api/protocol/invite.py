@@ -7,7 +7,7 @@ from enum import StrEnum
 from msgspec import UNSET, UnsetType
 
 from parsec_server.api.codec import ID
-from parsec_server.api.ids import InvitationType, PublicKeyBytes, Text
+from parsec_server.api.ids import ClaimerEmail, InvitationType, PublicKeyBytes
 from parsec_server.api.protocol.base import Req
 
 
@@ -22,7 +22,7 @@ class InviteNewReq(Req, frozen=True, tag="invite_new"):
 
     type: InvitationType
     send_email: bool
-    claimer_email: Text | UnsetType = UNSET
+    claimer_email: ClaimerEmail | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         if self.type is InvitationType.USER and self.claimer_email is UNSET:

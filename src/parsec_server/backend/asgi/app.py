@@ -1,5 +1,6 @@
 """The ASGI entry: websocket connections run the protocol, plain HTTP requests get the
-small router of http_routes."""
+health checks, the administration API (`administration/`) or the small router of
+`routes`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import structlog
 
 from parsec_server.backend.app import BackendApp
 from parsec_server.backend.asgi import request_log
+from parsec_server.backend.asgi.administration.api import AdministrationApi
 from parsec_server.backend.asgi.commands import CommandTables
 from parsec_server.backend.asgi.connection import ClientConnection
 from parsec_server.backend.asgi.health import HealthRoutes
 from parsec_server.backend.asgi.lifecycle import Lifecycle
 from parsec_server.backend.asgi.proxy import peer_address
-from parsec_server.backend.asgi.routes import route_http
+from parsec_server.backend.asgi.routes import route_http, send_response
 from parsec_server.backend.asgi.websocket import AsgiWebSocket
 
 logger = structlog.get_logger("parsec.asgi")
@@ -28,6 +30,7 @@ class BackendASGIApp:
         # Shutdown state (`asgi.server` drains it) and the health routes that report it.
         self.lifecycle = Lifecycle()
         self._health = HealthRoutes(backend.readiness, self.lifecycle, backend.config.debug)
+        self._administration = AdministrationApi(backend)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -40,6 +43,8 @@ class BackendASGIApp:
         elif kind == "http":
             if self._health.handles(scope["path"]):
                 await self._health.serve(scope, send)
+            elif self._administration.handles(scope["path"]):
+                await self._administration.serve(scope, receive, send)
             else:
                 await self._http(scope, send)
         elif kind == "lifespan":
@@ -56,10 +61,7 @@ class BackendASGIApp:
             self.backend.config.backend_addr,
             self.backend.config.debug,
         )
-        # One request per connection, as the reference.
-        headers = [*response.headers, (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+        await send_response(send, response)
         if request_log.enabled():
             request_log.http_request(scope, scope["method"], path, response.status, started)
 

@@ -6,7 +6,7 @@ breathing command (events_listen) runs while the socket keeps being read: a new 
 abandons it without reply. A command waiting for another client (a rendezvous step) runs
 while the socket is watched: the connection closing abandons it, a new request waits for
 its reply. A connection can also be closed from outside (its user revoked, its
-organization expired), which abandons whatever it is doing.
+organization expired, its user frozen), which abandons whatever it is doing.
 
 When the server shuts down (`drain`), the connection is closed with code 1001 (going
 away) as soon as it is not processing a request: at once if it waits for its client or
@@ -33,7 +33,12 @@ from parsec_server.backend.asgi.dispatch import (
     CommandTable,
     InvalidMessageFormat,
 )
-from parsec_server.backend.asgi.handshake import do_handshake
+from parsec_server.backend.asgi.handshake import (
+    INVALID_MESSAGE_FORMAT,
+    HandshakeOutcome,
+    do_handshake,
+    record_refusal,
+)
 from parsec_server.backend.asgi.websocket import (
     TEXT_FRAME,
     AsgiWebSocket,
@@ -48,7 +53,12 @@ from parsec_server.backend.client_context import (
     CloseConnection,
     InvitedClientContext,
 )
-from parsec_server.backend.events import Event, OrganizationExpiredEvent, UserRevokedEvent
+from parsec_server.backend.events import (
+    Event,
+    OrganizationExpiredEvent,
+    UserFrozenEvent,
+    UserRevokedEvent,
+)
 from parsec_server.backend.metrics import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -77,6 +87,7 @@ class ClientConnection:
         self._app = app
         self._tables = tables
         self._ws = ws
+        self._peer_address = peer_address
         self.client: ClientContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._close_requested = False
@@ -92,7 +103,8 @@ class ClientConnection:
         client = self.client
         if isinstance(client, AuthenticatedClientContext):
             if isinstance(event, OrganizationExpiredEvent) or (
-                isinstance(event, UserRevokedEvent) and event.user_id == client.user_id
+                isinstance(event, UserRevokedEvent | UserFrozenEvent)
+                and event.user_id == client.user_id
             ):
                 self.request_close()
                 return
@@ -170,10 +182,14 @@ class ClientConnection:
             return
         if raw is TEXT_FRAME:
             self._app.metrics.handshake_done(HandshakeResult.BAD_PROTOCOL)
+            refusal = HandshakeOutcome(
+                b"", result=HandshakeResult.BAD_PROTOCOL, reason=INVALID_MESSAGE_FORMAT
+            )
+            record_refusal(self._app.audit, self._peer_address, refusal)
             await self._reply_invalid_format_and_close()
             return
         assert isinstance(raw, bytes)
-        outcome = await do_handshake(self._app, challenge, raw)
+        outcome = await do_handshake(self._app, challenge, raw, self._peer_address)
         self._app.metrics.handshake_done(outcome.result)
         await self._ws.send(outcome.frame)
         if outcome.client is None:

@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from parsec_server.backend.asgi.lifecycle import Lifecycle
-from parsec_server.backend.asgi.routes import HttpResponse, common_headers
+from parsec_server.backend.asgi.routes import HttpResponse, common_headers, send_response
 from parsec_server.backend.readiness import Readiness, ReadinessReport
 
 HEALTH_PATH = "/healthz"
@@ -46,10 +46,7 @@ class HealthRoutes:
     async def serve(self, scope: Any, send: Any) -> None:
         """Answer an ASGI HTTP request for one of `PATHS` (one request per connection, as
         every plain HTTP answer of the server)."""
-        response = await self.respond(scope["method"], scope["path"])
-        headers = [*response.headers, (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+        await send_response(send, await self.respond(scope["method"], scope["path"]))
 
     async def respond(self, method: str, path: str) -> HttpResponse:
         tail = common_headers(self._debug)

@@ -21,6 +21,7 @@ import mimetypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from parsec_server.api.addr import PARSEC_SCHEME, BackendAddr
@@ -174,6 +175,13 @@ def _common_headers(debug: bool, now: float | None) -> Headers:
     ]
 
 
+async def send_response(send: Any, response: HttpResponse) -> None:
+    """Send an answer through ASGI; one request per connection, as the reference."""
+    headers = [*response.headers, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
 def common_headers(debug: bool) -> Headers:
     """The `date` and `server` headers every answer ends with (also used by `health`)."""
     return _common_headers(debug, None)
@@ -183,10 +191,10 @@ def common_headers(debug: bool) -> Headers:
 def _server_header(debug: bool) -> bytes:
     if not debug:
         return b"parsec"
-    return f"parsec/{PARSEC_VERSION} {_PACKAGE_NAME}/{_package_version()}".encode("ascii")
+    return f"parsec/{PARSEC_VERSION} {_PACKAGE_NAME}/{package_version()}".encode("ascii")
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         return importlib.metadata.version(_PACKAGE_NAME)
     except importlib.metadata.PackageNotFoundError:

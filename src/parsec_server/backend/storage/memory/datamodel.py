@@ -12,7 +12,13 @@ from parsec_server.backend.apiv1_invite import APIV1Invitation, APIV1InvitationK
 from parsec_server.backend.invite import Invitation
 from parsec_server.backend.invite_conduit import EMPTY_CONDUIT, ConduitSlots
 from parsec_server.backend.message import Message
-from parsec_server.backend.organization import Organization
+from parsec_server.backend.organization import (
+    DEFAULT_SETTINGS,
+    Organization,
+    OrganizationSettings,
+    OrganizationStats,
+    count_users,
+)
 from parsec_server.backend.realm_types import RoleGrant
 from parsec_server.backend.user_types import Device, User
 from parsec_server.backend.vlob import VlobVersion
@@ -74,6 +80,9 @@ class MemoryBlock:
 @dataclass
 class MemoryOrganization:
     organization: Organization
+    settings: OrganizationSettings = DEFAULT_SETTINGS
+    created_on: DateTime | None = None
+    frozen_users: set[str] = field(default_factory=set)
     users: dict[str, User] = field(default_factory=dict)
     devices: dict[str, Device] = field(default_factory=dict)
     invitations: dict[uuid.UUID, MemoryInvitation] = field(default_factory=dict)
@@ -85,13 +94,42 @@ class MemoryOrganization:
     blocks: dict[uuid.UUID, MemoryBlock] = field(default_factory=dict)
     messages: dict[str, list[Message]] = field(default_factory=dict)
 
-    @property
-    def data_size(self) -> int:
-        return sum(block.size for block in self.blocks.values())
+    def active_users(self) -> int:
+        """Neither revoked nor frozen: what the active users limit counts."""
+        return sum(
+            1
+            for u in self.users.values()
+            if u.revoked_on is None and u.user_id not in self.frozen_users
+        )
 
-    @property
-    def metadata_size(self) -> int:
-        return sum(len(v.blob) for vlob in self.vlobs.values() for v in vlob.versions)
+    def stats(self, at: DateTime | None) -> OrganizationStats:
+        """As of `at` (None: everything): users created by then (revoked if revoked by
+        then), realms whose first role certificate is dated by then, blocks and vlob
+        versions created by then."""
+
+        def by(date: DateTime | None) -> bool:
+            return date is not None and (at is None or date <= at)
+
+        users, active, per_profile = count_users(
+            (u.profile, by(u.revoked_on)) for u in self.users.values() if by(u.created_on)
+        )
+        return OrganizationStats(
+            users=users,
+            active_users=active,
+            users_per_profile=per_profile,
+            realms=sum(
+                1
+                for realm in self.realms.values()
+                if realm.roles and by(min(g.granted_on for g in realm.roles))
+            ),
+            data_size=sum(b.size for b in self.blocks.values() if by(b.created_on)),
+            metadata_size=sum(
+                len(v.blob)
+                for vlob in self.vlobs.values()
+                for v in vlob.versions
+                if by(v.created_on)
+            ),
+        )
 
     def append_message(self, recipient: str, sender: str, timestamp: DateTime, body: bytes) -> int:
         messages = self.messages.setdefault(recipient, [])

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.blockstore.factory import blockstore_factory
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import EventWaiters, MemoryEventBus
@@ -24,15 +25,15 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 
 @contextlib.asynccontextmanager
 async def memory_components(
-    config: BackendConfig, metrics: Metrics = NULL_METRICS
+    config: BackendConfig, metrics: Metrics = NULL_METRICS, audit: AuditLog = STREAM_ONLY
 ) -> AsyncIterator[StorageComponents]:
     data = MemoryDatamodel()
     event_bus = MemoryEventBus(metrics)
     webhook = BootstrapWebhook(
         config.organization_bootstrap_webhook, config.organization_bootstrap_webhook_timeout
     )
-    organization = MemoryOrganizationComponent(data, event_bus, webhook)
-    user = MemoryUserComponent(data, event_bus)
+    organization = MemoryOrganizationComponent(data, event_bus, webhook, audit)
+    user = MemoryUserComponent(data, event_bus, audit)
     async with blockstore_factory(config.blockstore, None, metrics=metrics) as blockstore:
         yield StorageComponents(
             event_bus=event_bus,

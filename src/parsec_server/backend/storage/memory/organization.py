@@ -2,13 +2,18 @@ from __future__ import annotations
 
 import dataclasses
 
+from msgspec import UnsetType
+
 from parsec_server.api.codec import DateTime
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import (
     BaseOrganizationComponent,
     Organization,
     OrganizationBootstrapBadOutcome,
     OrganizationCreateBadOutcome,
+    OrganizationDetails,
+    OrganizationSettings,
     OrganizationStats,
     bootstrap_token_matches,
 )
@@ -19,31 +24,56 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 
 class MemoryOrganizationComponent(BaseOrganizationComponent):
     def __init__(
-        self, data: MemoryDatamodel, event_bus: EventBus, webhook: BootstrapWebhook
+        self,
+        data: MemoryDatamodel,
+        event_bus: EventBus,
+        webhook: BootstrapWebhook,
+        audit: AuditLog = STREAM_ONLY,
     ) -> None:
-        super().__init__(event_bus, webhook)
+        super().__init__(event_bus, webhook, audit)
         self._data = data
 
     async def create(
-        self, organization_id: str, bootstrap_token: str, expiration_date: DateTime | None
+        self,
+        organization_id: str,
+        bootstrap_token: str,
+        expiration_date: DateTime | None,
+        settings: OrganizationSettings,
+        created_on: DateTime,
+        replace_unbootstrapped: bool,
     ) -> OrganizationCreateBadOutcome | None:
         existing = self._data.organizations.get(organization_id)
-        if existing is not None and existing.organization.is_bootstrapped:
-            return OrganizationCreateBadOutcome.ALREADY_BOOTSTRAPPED
+        if existing is not None:
+            if existing.organization.is_bootstrapped:
+                return OrganizationCreateBadOutcome.ALREADY_BOOTSTRAPPED
+            if not replace_unbootstrapped:
+                return OrganizationCreateBadOutcome.ALREADY_EXISTS
         self._data.organizations[organization_id] = MemoryOrganization(
-            Organization(organization_id, bootstrap_token, expiration_date, None)
+            Organization(organization_id, bootstrap_token, expiration_date, None),
+            settings=settings,
+            created_on=created_on,
         )
         return None
 
     async def create_if_missing(self, organization_id: str, bootstrap_token: str) -> None:
         if organization_id not in self._data.organizations:
             self._data.organizations[organization_id] = MemoryOrganization(
-                Organization(organization_id, bootstrap_token, None, None)
+                Organization(organization_id, bootstrap_token, None, None),
+                created_on=DateTime.now(),
             )
 
     async def get(self, organization_id: str) -> Organization | None:
         org = self._data.organizations.get(organization_id)
         return None if org is None else org.organization
+
+    async def get_details(self, organization_id: str) -> OrganizationDetails | None:
+        org = self._data.organizations.get(organization_id)
+        return None if org is None else _details(org)
+
+    async def list_details(self, offset: int, limit: int) -> tuple[list[OrganizationDetails], int]:
+        ids = sorted(self._data.organizations)
+        page = ids[offset : offset + limit]
+        return [_details(self._data.organizations[i]) for i in page], len(ids)
 
     async def bootstrap(
         self,
@@ -65,19 +95,39 @@ class MemoryOrganizationComponent(BaseOrganizationComponent):
         org.devices[first_device.device_id] = first_device
         return None
 
-    async def stats(self, organization_id: str) -> OrganizationStats | None:
+    async def stats(self, organization_id: str, at: DateTime | None) -> OrganizationStats | None:
         org = self._data.organizations.get(organization_id)
-        if org is None:
-            return None
-        return OrganizationStats(
-            users=len(org.users), data_size=org.data_size, metadata_size=org.metadata_size
-        )
+        return None if org is None else org.stats(at)
 
-    async def update_expiration_date(
-        self, organization_id: str, expiration_date: DateTime | None
+    async def all_stats(self, at: DateTime | None) -> list[tuple[str, OrganizationStats]]:
+        return [
+            (organization_id, org.stats(at))
+            for organization_id, org in sorted(self._data.organizations.items())
+            if org.created_on is None or at is None or org.created_on <= at
+        ]
+
+    async def update(
+        self,
+        organization_id: str,
+        expiration_date: DateTime | UnsetType | None,
+        active_users_limit: int | UnsetType | None,
+        user_profile_outsider_allowed: bool | UnsetType,
     ) -> bool:
         org = self._data.organizations.get(organization_id)
         if org is None:
             return False
-        org.organization = dataclasses.replace(org.organization, expiration_date=expiration_date)
+        if not isinstance(expiration_date, UnsetType):
+            org.organization = dataclasses.replace(
+                org.organization, expiration_date=expiration_date
+            )
+        if not isinstance(active_users_limit, UnsetType):
+            org.settings = dataclasses.replace(org.settings, active_users_limit=active_users_limit)
+        if not isinstance(user_profile_outsider_allowed, UnsetType):
+            org.settings = dataclasses.replace(
+                org.settings, user_profile_outsider_allowed=user_profile_outsider_allowed
+            )
         return True
+
+
+def _details(org: MemoryOrganization) -> OrganizationDetails:
+    return OrganizationDetails(org.organization, org.settings, org.created_on)

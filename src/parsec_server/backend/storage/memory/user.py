@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from parsec_server.api.codec import DateTime
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import Organization
 from parsec_server.backend.storage.memory.datamodel import MemoryDatamodel, MemoryOrganization
@@ -12,10 +13,12 @@ from parsec_server.backend.user import (
     DeviceCreateBadOutcome,
     HumanCandidate,
     UserCreateBadOutcome,
+    UserFreezeBadOutcome,
     UserRevokeBadOutcome,
+    creation_refused,
     walk_trustchain,
 )
-from parsec_server.backend.user_types import Device, User, UserWithTrustchain
+from parsec_server.backend.user_types import Device, User, UserSummary, UserWithTrustchain
 
 
 def _email_taken(org: MemoryOrganization, email: str) -> bool:
@@ -27,8 +30,10 @@ def _email_taken(org: MemoryOrganization, email: str) -> bool:
 
 
 class MemoryUserComponent(BaseUserComponent):
-    def __init__(self, data: MemoryDatamodel, event_bus: EventBus) -> None:
-        super().__init__(event_bus)
+    def __init__(
+        self, data: MemoryDatamodel, event_bus: EventBus, audit: AuditLog = STREAM_ONLY
+    ) -> None:
+        super().__init__(event_bus, audit)
         self._data = data
 
     async def get_identity(
@@ -40,7 +45,10 @@ class MemoryUserComponent(BaseUserComponent):
         device = org.devices.get(device_id)
         if device is None:
             return None
-        return org.organization, org.users[device.user_id], device
+        user = org.users[device.user_id]
+        if user.user_id in org.frozen_users:
+            user = dataclasses.replace(user, frozen=True)
+        return org.organization, user, device
 
     async def create_user(
         self, organization_id: str, user: User, first_device: Device
@@ -50,6 +58,9 @@ class MemoryUserComponent(BaseUserComponent):
             return UserCreateBadOutcome.USER_ALREADY_EXISTS
         if user.human_handle is not None and _email_taken(org, user.human_handle[0]):
             return UserCreateBadOutcome.HUMAN_HANDLE_ALREADY_TAKEN
+        refused = creation_refused(org.settings, user.profile, org.active_users())
+        if refused is not None:
+            return refused
         org.users[user.user_id] = user
         org.devices[first_device.device_id] = first_device
         return None
@@ -133,3 +144,45 @@ class MemoryUserComponent(BaseUserComponent):
     async def human_candidates(self, organization_id: str) -> list[HumanCandidate]:
         org = self._data.organizations[organization_id]
         return [HumanCandidate(u.user_id, u.human_handle, u.revoked_on) for u in org.users.values()]
+
+    async def list_users(self, organization_id: str) -> list[UserSummary] | None:
+        org = self._data.organizations.get(organization_id)
+        if org is None:
+            return None
+        return [_summary(org, org.users[user_id]) for user_id in sorted(org.users)]
+
+    async def set_frozen(
+        self, organization_id: str, user_id: str | None, email: str | None, frozen: bool
+    ) -> UserSummary | UserFreezeBadOutcome:
+        org = self._data.organizations.get(organization_id)
+        if org is None:
+            return UserFreezeBadOutcome.ORGANIZATION_NOT_FOUND
+        user = _find_user(org, user_id, email)
+        if user is None:
+            return UserFreezeBadOutcome.USER_NOT_FOUND
+        if frozen:
+            org.frozen_users.add(user.user_id)
+        else:
+            org.frozen_users.discard(user.user_id)
+        return _summary(org, user)
+
+
+def _find_user(org: MemoryOrganization, user_id: str | None, email: str | None) -> User | None:
+    if user_id is not None:
+        return org.users.get(user_id)
+    for user in org.users.values():
+        handle = user.human_handle
+        if handle is not None and handle[0] == email and user.revoked_on is None:
+            return user
+    return None
+
+
+def _summary(org: MemoryOrganization, user: User) -> UserSummary:
+    return UserSummary(
+        user_id=user.user_id,
+        human_handle=user.human_handle,
+        profile=user.profile,
+        created_on=user.created_on,
+        revoked_on=user.revoked_on,
+        frozen=user.user_id in org.frozen_users,
+    )

@@ -31,8 +31,9 @@ from parsec_server.backend.storage.postgresql.pool import CONNECT_ERRORS, connec
 logger = structlog.get_logger("parsec.events")
 
 CHANNEL = "parsec_events"
-# How the listening connection shows in pg_stat_activity.
-LISTENER_APPLICATION_NAME = "parsec-events-listener"
+# How the listening connection shows in pg_stat_activity: one of the server's (as its
+# pool's "parsec-server"), yet told apart from the pool's connections.
+LISTENER_APPLICATION_NAME = "parsec-server events"
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD_SIZE = 7999
 CHUNK_SIZE = MAX_PAYLOAD_SIZE - 32  # room for the `#<index>/<count>#` header

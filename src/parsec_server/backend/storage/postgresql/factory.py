@@ -4,6 +4,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.blockstore.factory import blockstore_factory
 from parsec_server.backend.config import BackendConfig
 from parsec_server.backend.events import EventWaiters
@@ -26,7 +27,7 @@ from parsec_server.backend.webhooks import BootstrapWebhook
 
 @contextlib.asynccontextmanager
 async def postgresql_components(
-    config: BackendConfig, metrics: Metrics = NULL_METRICS
+    config: BackendConfig, metrics: Metrics = NULL_METRICS, audit: AuditLog = STREAM_ONLY
 ) -> AsyncIterator[StorageComponents]:
     async with (
         postgresql_pool(config) as pool,
@@ -36,8 +37,8 @@ async def postgresql_components(
         webhook = BootstrapWebhook(
             config.organization_bootstrap_webhook, config.organization_bootstrap_webhook_timeout
         )
-        organization = PGOrganizationComponent(pool, event_bus, webhook)
-        user = PGUserComponent(pool, event_bus)
+        organization = PGOrganizationComponent(pool, event_bus, webhook, audit)
+        user = PGUserComponent(pool, event_bus, audit)
         components = StorageComponents(
             event_bus=event_bus,
             organization=organization,

@@ -1,7 +1,9 @@
 """Per-user message queues, and the append used by the realm commands.
 
 Indexes are `max(index) + 1` per recipient, computed while the recipient's `user_` row is
-locked: two appends to one user never compute the same index.
+locked: two appends to one user never compute the same index, and the indexes stay
+contiguous, i.e. equal to the message's position in `_id` order, which is what Parsec
+2.0.0 serves (`ext_message_recipient_index_idx` makes them unique).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ WITH new AS (
     JOIN user_ u ON u.organization = $1 AND u.user_id = e.user_id
 ),
 inserted AS (
-    INSERT INTO message (recipient, index, sender, timestamp, body)
+    INSERT INTO message (organization, recipient, index, sender, timestamp, body)
     SELECT
+        $1,
         new.recipient,
         COALESCE((SELECT max(m.index) FROM message m WHERE m.recipient = new.recipient), 0) + 1,
         (SELECT _id FROM device WHERE organization = $1 AND device_id = $3),

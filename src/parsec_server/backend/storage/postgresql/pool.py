@@ -12,6 +12,7 @@ import structlog
 from parsec_server.backend.config import BackendConfig, StartupError
 from parsec_server.backend.metrics import PoolStats
 from parsec_server.backend.storage.postgresql.migrations import check_migrations_applied
+from parsec_server.backend.storage.postgresql.schema.activity import SERVER_APPLICATION_NAME
 
 logger = structlog.get_logger("parsec.postgresql")
 
@@ -42,7 +43,7 @@ async def connect_with_retries(
 
 @contextlib.asynccontextmanager
 async def postgresql_pool(config: BackendConfig) -> AsyncIterator[asyncpg.Pool]:
-    first = await connect_with_retries(config)
+    first = await connect_with_retries(config, SERVER_APPLICATION_NAME)
     try:
         problem = await check_migrations_applied(first)
     finally:
@@ -54,6 +55,8 @@ async def postgresql_pool(config: BackendConfig) -> AsyncIterator[asyncpg.Pool]:
             config.db_url,
             min_size=config.db_min_connections,
             max_size=config.db_max_connections,
+            # How `migrate` and `downgrade` tell a running server of ours
+            server_settings={"application_name": SERVER_APPLICATION_NAME},
         )
     except CONNECT_ERRORS as exc:
         raise StartupError(f"Cannot connect to the database: {exc}") from exc

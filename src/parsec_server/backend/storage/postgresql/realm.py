@@ -67,15 +67,21 @@ WHERE o.organization_id = $1 AND r.realm_id = $2
 FOR NO KEY UPDATE OF r
 """
 
+# The realm, its revision 1 (vlobs hang off it; Parsec 2.0.0 cannot write vlobs in a
+# realm without it) and its first role.
 _SQL_CREATE = """
 WITH new_realm AS (
-    INSERT INTO realm (organization, realm_id)
-    SELECT _id, $2 FROM organization WHERE organization_id = $1
+    INSERT INTO realm (organization, realm_id, encryption_revision)
+    SELECT _id, $2, 1 FROM organization WHERE organization_id = $1
     ON CONFLICT (organization, realm_id) DO NOTHING
     RETURNING _id, organization
 ),
+first_revision AS (
+    INSERT INTO vlob_encryption_revision (realm, encryption_revision)
+    SELECT _id, 1 FROM new_realm
+),
 first_role AS (
-    INSERT INTO realm_user_role (realm, user_, role, certificate, certifier, certified_on)
+    INSERT INTO realm_user_role (realm, user_, role, certificate, certified_by, certified_on)
     SELECT
         r._id,
         (SELECT _id FROM user_ WHERE organization = r.organization AND user_id = $3),
@@ -98,9 +104,17 @@ LEFT JOIN device d ON d._id = r.maintenance_started_by
 WHERE o.organization_id = $1 AND r.realm_id = $2
 """
 
+# vlobs_size: the blobs served, i.e. the atoms of the current revision, or of the
+# previous one while a re-encryption builds the current one.
 _SQL_GET_STATS = f"""
 WITH target AS (
-    SELECT r._id, {sql_current_role("r", sql_user("r", "$3"))} AS role
+    SELECT
+        r._id, {sql_current_role("r", sql_user("r", "$3"))} AS role,
+        (
+            SELECT ver._id FROM vlob_encryption_revision ver
+            WHERE ver.realm = r._id AND ver.encryption_revision = r.encryption_revision
+                - CASE WHEN r.maintenance_type = 'REENCRYPTION' THEN 1 ELSE 0 END
+        ) AS served_ver
     FROM realm r JOIN organization o ON o._id = r.organization
     WHERE o.organization_id = $1 AND r.realm_id = $2
 )
@@ -108,8 +122,10 @@ SELECT
     t.role,
     (SELECT COALESCE(sum(size), 0) FROM block WHERE realm = t._id AND t.role IS NOT NULL)
         AS blocks_size,
-    (SELECT COALESCE(sum(size), 0) FROM vlob_atom WHERE realm = t._id AND t.role IS NOT NULL)
-        AS vlobs_size
+    (
+        SELECT COALESCE(sum(size), 0) FROM vlob_atom
+        WHERE vlob_encryption_revision = t.served_ver AND t.role IS NOT NULL
+    ) AS vlobs_size
 FROM target t
 """
 
@@ -153,14 +169,14 @@ WHERE o.organization_id = $1
 # that checked the roles on an older snapshot sees it and checks again (see vlob.py).
 _SQL_ADD_ROLE = """
 WITH new_role AS (
-    INSERT INTO realm_user_role (realm, user_, role, certificate, certifier, certified_on)
+    INSERT INTO realm_user_role (realm, user_, role, certificate, certified_by, certified_on)
     VALUES (
         $1, $2, $3::realm_role, $4,
         (SELECT _id FROM device WHERE organization = $5 AND device_id = $6),
         $7
     )
 )
-UPDATE realm SET checkpoint = checkpoint WHERE _id = $1
+UPDATE realm SET encryption_revision = encryption_revision WHERE _id = $1
 """
 
 # Participants: users with a current role who are not revoked at $3.
@@ -184,8 +200,8 @@ FROM realm r
 WHERE r._id = $1
 """
 
-# The work rows: one per version of every vlob of the realm (none for a realm without
-# vlob), to be filled by vlob_maintenance_save_reencryption_batch.
+# Registers the new revision, empty: vlob_maintenance_save_reencryption_batch fills it
+# with a copy of each atom of the previous one.
 _SQL_START = """
 WITH started AS (
     UPDATE realm SET
@@ -197,8 +213,7 @@ WITH started AS (
         )
     WHERE _id = $1
 )
-INSERT INTO vlob_encryption_revision (realm, encryption_revision, vlob_atom)
-SELECT $1, $2, a._id FROM vlob_atom a WHERE a.realm = $1 ORDER BY a._id
+INSERT INTO vlob_encryption_revision (realm, encryption_revision) VALUES ($1, $2)
 """
 
 _SQL_GET_FINISH_CHECKS = f"""
@@ -207,30 +222,26 @@ SELECT
     r.maintenance_type IS NOT NULL AS in_maintenance,
     {sql_current_role("r", sql_user("r", "$2"))} AS author_role,
     EXISTS (
-        SELECT 1 FROM vlob_encryption_revision w
-        WHERE w.realm = r._id AND w.encryption_revision = r.encryption_revision
-            AND w.reencrypted_blob IS NULL
+        SELECT 1
+        FROM vlob_encryption_revision old_ver
+        JOIN vlob_atom a ON a.vlob_encryption_revision = old_ver._id
+        WHERE old_ver.realm = r._id AND old_ver.encryption_revision = r.encryption_revision - 1
+            AND NOT EXISTS (
+                SELECT 1
+                FROM vlob_encryption_revision new_ver
+                JOIN vlob_atom c ON c.vlob_encryption_revision = new_ver._id
+                WHERE new_ver.realm = r._id
+                    AND new_ver.encryption_revision = r.encryption_revision
+                    AND c.vlob_id = a.vlob_id AND c.version = a.version
+            )
     ) AS work_left
 FROM realm r
 WHERE r._id = $1
 """
 
-# Moves the new blobs into the versions (reads serve them from now on), drops the work
-# rows and leaves the maintenance.
+# The atoms of the new revision are complete: reads serve them as soon as the maintenance
+# is left. Those of the previous revisions are kept (as Parsec 2.0.0 does).
 _SQL_FINISH = """
-WITH work AS (
-    DELETE FROM vlob_encryption_revision
-    WHERE realm = $1 AND encryption_revision = $2
-    RETURNING vlob_atom, reencrypted_blob
-),
-copied AS (
-    UPDATE vlob_atom a SET
-        blob = w.reencrypted_blob,
-        size = octet_length(w.reencrypted_blob),
-        encryption_revision = $2
-    FROM work w
-    WHERE a._id = w.vlob_atom
-)
 UPDATE realm SET
     maintenance_type = NULL, maintenance_started_on = NULL, maintenance_started_by = NULL
 WHERE _id = $1
@@ -399,7 +410,7 @@ class PGRealmComponent(BaseRealmComponent):
                 return RealmBadOutcome.BAD_ENCRYPTION_REVISION
             if set(row["participants"]) != set(per_participant_message):
                 return RealmBadOutcome.PARTICIPANTS_MISMATCH
-            # 3. Enter the maintenance with its work rows, then the messages.
+            # 3. Enter the maintenance with its new revision, then the messages.
             await conn.execute(_SQL_START, realm["_id"], encryption_revision, timestamp.dt, author)
             return await append_messages(
                 conn, realm["organization"], author, timestamp, per_participant_message
@@ -423,8 +434,8 @@ class PGRealmComponent(BaseRealmComponent):
                 return RealmBadOutcome.BAD_ENCRYPTION_REVISION
             if row["work_left"]:
                 return RealmBadOutcome.MAINTENANCE_ERROR
-            # 3. Serve the new blobs and leave the maintenance.
-            await conn.execute(_SQL_FINISH, realm["_id"], encryption_revision)
+            # 3. Leave the maintenance: the new revision's atoms are served from now on.
+            await conn.execute(_SQL_FINISH, realm["_id"])
         return None
 
     async def realms_of_user(self, organization_id: str, user_id: str) -> set[uuid.UUID]:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
+
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-from parsec_server.api.certificates import UserCertificate, unsecure_load
+from parsec_server.api.certificates import DeviceCertificate, UserCertificate, unsecure_load
 from parsec_server.api.codec import DateTime
 from parsec_server.api.ids import HumanHandle, UserProfile
+from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
-from parsec_server.backend.organization import Organization
+from parsec_server.backend.organization import Organization, OrganizationSettings
 from parsec_server.backend.storage.postgresql.utils import to_datetime
 from parsec_server.backend.user import (
     BaseUserComponent,
@@ -14,10 +17,12 @@ from parsec_server.backend.user import (
     DeviceCreateBadOutcome,
     HumanCandidate,
     UserCreateBadOutcome,
+    UserFreezeBadOutcome,
     UserRevokeBadOutcome,
+    creation_refused,
     walk_trustchain,
 )
-from parsec_server.backend.user_types import Device, User, UserWithTrustchain
+from parsec_server.backend.user_types import Device, User, UserSummary, UserWithTrustchain
 
 
 def sql_own_label_certificate(user: str) -> str:
@@ -56,16 +61,57 @@ SELECT
     uc.device_id AS user_certifier, u.created_on AS user_created_on, u.revoked_on,
     u.revoked_user_certificate, ur.device_id AS revoker,
     d.device_id, d.device_label, d.device_certificate, d.redacted_device_certificate,
-    dc.device_id AS device_certifier, d.created_on AS device_created_on, d.verify_key
+    dc.device_id AS device_certifier, d.created_on AS device_created_on, d.verify_key,
+    f.user_ IS NOT NULL AS frozen
 FROM organization o
 JOIN device d ON d.organization = o._id AND d.device_id = $2
 JOIN user_ u ON u._id = d.user_
+LEFT JOIN ext_user_frozen f ON f.user_ = u._id
 LEFT JOIN human h ON h._id = u.human
-LEFT JOIN device uc ON uc._id = u.certifier
-LEFT JOIN device ur ON ur._id = u.revoker
-LEFT JOIN device dc ON dc._id = d.certifier
+LEFT JOIN device uc ON uc._id = u.user_certifier
+LEFT JOIN device ur ON ur._id = u.revoked_user_certifier
+LEFT JOIN device dc ON dc._id = d.device_certifier
 WHERE o.organization_id = $1
 """
+
+# What the organization's settings allow (after _SQL_LOCK_ORGANIZATION): users are only
+# counted when there is a limit.
+_SQL_CREATION_RULES = """
+SELECT
+    s.active_users_limit,
+    COALESCE(s.user_profile_outsider_allowed, TRUE) AS outsider_allowed,
+    CASE WHEN s.active_users_limit IS NULL THEN 0 ELSE (
+        SELECT count(*) FROM user_ u
+        WHERE u.organization = $1 AND u.revoked_on IS NULL
+            AND NOT EXISTS (SELECT 1 FROM ext_user_frozen f WHERE f.user_ = u._id)
+    ) END AS active_users
+FROM (SELECT $1::integer AS organization) o
+LEFT JOIN ext_organization_settings s ON s.organization = o.organization
+"""
+
+_SQL_USER_SUMMARIES = f"""
+SELECT
+    u._id, u.user_id, u.profile::text AS profile, h.email, h.label,
+    {sql_own_label_certificate("u")} AS own_label_certificate,
+    u.created_on, u.revoked_on, f.user_ IS NOT NULL AS frozen
+FROM user_ u
+LEFT JOIN human h ON h._id = u.human
+LEFT JOIN ext_user_frozen f ON f.user_ = u._id
+WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
+"""
+_SQL_LIST_USERS = _SQL_USER_SUMMARIES + "ORDER BY u.user_id"
+# By id ($2), or the non-revoked user of an email ($3)
+_SQL_FIND_USER = (
+    _SQL_USER_SUMMARIES
+    + """AND CASE WHEN $2::text IS NOT NULL THEN u.user_id = $2
+        ELSE h.email = $3 AND u.revoked_on IS NULL END
+FOR UPDATE OF u"""
+)
+_SQL_ORGANIZATION_EXISTS = "SELECT 1 FROM organization WHERE organization_id = $1"
+_SQL_FREEZE = """
+INSERT INTO ext_user_frozen (user_, frozen_on) VALUES ($1, now()) ON CONFLICT DO NOTHING
+"""
+_SQL_UNFREEZE = "DELETE FROM ext_user_frozen WHERE user_ = $1"
 
 _SQL_LOCK_ORGANIZATION = """
 SELECT _id FROM organization WHERE organization_id = $1 FOR UPDATE
@@ -89,7 +135,7 @@ RETURNING _id
 _SQL_INSERT_USER = """
 INSERT INTO user_ (
     organization, user_id, profile, user_certificate, redacted_user_certificate,
-    certifier, created_on, human
+    user_certifier, created_on, human
 )
 VALUES (
     $1, $2, $3, $4, $5,
@@ -101,7 +147,7 @@ RETURNING _id
 _SQL_INSERT_DEVICE = """
 INSERT INTO device (
     organization, user_, device_id, device_label, device_certificate,
-    redacted_device_certificate, verify_key, certifier, created_on
+    redacted_device_certificate, verify_key, device_certifier, created_on
 )
 VALUES (
     $1,
@@ -120,12 +166,12 @@ SELECT
     uc.device_id AS user_certifier, ur.device_id AS revoker,
     ARRAY(
         SELECT ROW(d.device_certificate, d.redacted_device_certificate, dc.device_id)
-        FROM device d LEFT JOIN device dc ON dc._id = d.certifier
+        FROM device d LEFT JOIN device dc ON dc._id = d.device_certifier
         WHERE d.user_ = u._id ORDER BY d._id
     ) AS devices
 FROM user_ u
-LEFT JOIN device uc ON uc._id = u.certifier
-LEFT JOIN device ur ON ur._id = u.revoker
+LEFT JOIN device uc ON uc._id = u.user_certifier
+LEFT JOIN device ur ON ur._id = u.revoked_user_certifier
 WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
     AND u.user_id = $2
 """
@@ -138,9 +184,9 @@ SELECT
     u.revoked_user_certificate, ur.device_id AS revoker
 FROM device d
 JOIN user_ u ON u._id = d.user_
-LEFT JOIN device dc ON dc._id = d.certifier
-LEFT JOIN device uc ON uc._id = u.certifier
-LEFT JOIN device ur ON ur._id = u.revoker
+LEFT JOIN device dc ON dc._id = d.device_certifier
+LEFT JOIN device uc ON uc._id = u.user_certifier
+LEFT JOIN device ur ON ur._id = u.revoked_user_certifier
 WHERE d.organization = (SELECT _id FROM organization WHERE organization_id = $1)
     AND d.device_id = ANY($2::text[])
 """
@@ -149,7 +195,9 @@ _SQL_REVOKE = """
 UPDATE user_ SET
     revoked_on = $3,
     revoked_user_certificate = $4,
-    revoker = (SELECT _id FROM device WHERE organization = user_.organization AND device_id = $5)
+    revoked_user_certifier = (
+        SELECT _id FROM device WHERE organization = user_.organization AND device_id = $5
+    )
 WHERE organization = (SELECT _id FROM organization WHERE organization_id = $1)
     AND user_id = $2 AND revoked_on IS NULL
 RETURNING _id
@@ -167,6 +215,15 @@ SELECT
 FROM user_ u LEFT JOIN human h ON h._id = u.human
 WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
 """
+
+
+def _verify_key(row: asyncpg.Record) -> bytes:
+    """The device's verify key: the stored copy, or, for a device stored by Parsec 2.0.0
+    (which keeps none), the key of its certificate (checked when it was stored)."""
+    stored: bytes | None = row["verify_key"]
+    if stored is not None:
+        return stored
+    return unsecure_load(DeviceCertificate, row["device_certificate"]).verify_key
 
 
 async def insert_user_and_device(
@@ -227,8 +284,10 @@ async def _certified_devices(
 
 
 class PGUserComponent(BaseUserComponent):
-    def __init__(self, pool: asyncpg.Pool, event_bus: EventBus) -> None:
-        super().__init__(event_bus)
+    def __init__(
+        self, pool: asyncpg.Pool, event_bus: EventBus, audit: AuditLog = STREAM_ONLY
+    ) -> None:
+        super().__init__(event_bus, audit)
         self._pool = pool
 
     async def get_identity(
@@ -254,6 +313,7 @@ class PGUserComponent(BaseUserComponent):
             revoked_on=to_datetime(row["revoked_on"]),
             revoked_user_certificate=row["revoked_user_certificate"],
             revoked_user_certifier=row["revoker"],
+            frozen=row["frozen"],
         )
         device = Device(
             device_id=row["device_id"],
@@ -262,7 +322,7 @@ class PGUserComponent(BaseUserComponent):
             redacted_device_certificate=row["redacted_device_certificate"],
             device_certifier=row["device_certifier"],
             created_on=DateTime(row["device_created_on"]),
-            verify_key=row["verify_key"],
+            verify_key=_verify_key(row),
         )
         return organization, user, device
 
@@ -279,6 +339,11 @@ class PGUserComponent(BaseUserComponent):
                 _SQL_EMAIL_TAKEN, organization, user.human_handle[0]
             ):
                 return UserCreateBadOutcome.HUMAN_HANDLE_ALREADY_TAKEN
+            rules = await conn.fetchrow(_SQL_CREATION_RULES, organization)
+            settings = OrganizationSettings(rules["active_users_limit"], rules["outsider_allowed"])
+            refused = creation_refused(settings, user.profile, rules["active_users"])
+            if refused is not None:
+                return refused
             await insert_user_and_device(conn, organization, user, first_device)
         return None
 
@@ -348,3 +413,33 @@ class PGUserComponent(BaseUserComponent):
             HumanCandidate(r["user_id"], human_handle_of(r), to_datetime(r["revoked_on"]))
             for r in rows
         ]
+
+    async def list_users(self, organization_id: str) -> list[UserSummary] | None:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_SQL_LIST_USERS, organization_id)
+            if not rows and not await conn.fetchval(_SQL_ORGANIZATION_EXISTS, organization_id):
+                return None
+        return [_summary_from_row(row) for row in rows]
+
+    async def set_frozen(
+        self, organization_id: str, user_id: str | None, email: str | None, frozen: bool
+    ) -> UserSummary | UserFreezeBadOutcome:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_SQL_FIND_USER, organization_id, user_id, email)
+            if row is None:
+                if await conn.fetchval(_SQL_ORGANIZATION_EXISTS, organization_id):
+                    return UserFreezeBadOutcome.USER_NOT_FOUND
+                return UserFreezeBadOutcome.ORGANIZATION_NOT_FOUND
+            await conn.execute(_SQL_FREEZE if frozen else _SQL_UNFREEZE, row["_id"])
+        return dataclasses.replace(_summary_from_row(row), frozen=frozen)
+
+
+def _summary_from_row(row: asyncpg.Record) -> UserSummary:
+    return UserSummary(
+        user_id=row["user_id"],
+        human_handle=human_handle_of(row),
+        profile=UserProfile(row["profile"]),
+        created_on=DateTime(row["created_on"]),
+        revoked_on=to_datetime(row["revoked_on"]),
+        frozen=row["frozen"],
+    )

@@ -1,23 +1,32 @@
-"""Vlobs: versions, change log, re-encryption work.
+"""Vlobs: versions, change log, re-encryption.
+
+Layout (Parsec 2.0.0's, docs/storage-postgresql.md): a realm has one
+`vlob_encryption_revision` row per encryption revision; each version of a vlob is a
+`vlob_atom` row under the revision that was current when it was written, and a
+re-encryption adds a copy of every atom under the new revision (the old ones are kept).
+Reads serve the atoms of the realm's current revision. The realm of a vlob is found
+through any of its atoms (`ext_vlob_atom_vlob_idx`); the checkpoint of a realm is the
+greatest index of its change log (`realm_vlob_update`).
 
 Reads are one SELECT returning every column the checks need. Writes (create, update) are
 one statement too, which fetches the checked columns, writes only if every check passes,
 and returns the checked columns so that Python tells which check failed:
 
-1. The statement reads the realm, the caller's role and the latest version on its
-   snapshot, with the realm row's version (`xmin`).
-2. It bumps the realm's checkpoint with `UPDATE realm ... WHERE xmin = <read version>`:
-   this locks the realm row (writers of a realm are serialized) and, if another
-   transaction updated the row since the snapshot (a vlob write, a role change, a
-   maintenance change: all of them update the realm row, see realm.py), updates nothing,
-   so nothing is written.
+1. The statement reads the realm, the caller's role, the latest version and the realm's
+   last change log index on its snapshot, with the realm row's version (`xmin`).
+2. It bumps the realm row (a no-op update) with `UPDATE realm ... WHERE xmin = <read
+   version>`: this locks the realm row (writers of a realm are serialized) and, if
+   another transaction updated the row since the snapshot (a vlob write, a role change,
+   a maintenance change: all of them update the realm row, see realm.py), updates
+   nothing, so nothing is written. When it updates, nothing changed since the snapshot:
+   the next change log index is the one read plus one.
 3. Python sees the checks pass but nothing written: a concurrent change got in between.
    It runs the statement again in a transaction that first locks the realm row, so the
    second snapshot is taken after every change of the realm is committed and no other
    can come in before ours: this time the checks are final.
 
-Vlob ids are unique per organization (`UNIQUE (organization, vlob_id, version)`): two
-concurrent creations of one vlob id in two realms are told apart by that constraint.
+Vlob ids are unique per organization. Two concurrent creations of one vlob id in two
+realms both register the id in `ext_vlob_id`: the second one fails on its primary key.
 """
 
 from __future__ import annotations
@@ -36,9 +45,41 @@ from parsec_server.backend.vlob import BaseVlobComponent, ReencryptionEntry, Vlo
 
 _READ_ROLES = sorted(READ_ROLES)
 _WRITE_ROLES = sorted(WRITE_ROLES)
-_VERSION_CONSTRAINT = "vlob_atom_organization_vlob_id_version_key"
+# A concurrent creation of the same vlob id (in another realm)
+_CREATE_CONSTRAINT = "ext_vlob_id_pkey"
+# A concurrent write of the same version
+_VERSION_CONSTRAINT = "vlob_atom_vlob_encryption_revision_vlob_id_version_key"
 
 _SQL_LOCK_REALM_ROW = "SELECT 1 FROM realm WHERE _id = $1 FOR NO KEY UPDATE"
+
+
+def sql_last_index(realm: str) -> str:
+    """SQL expression: the checkpoint of the realm row aliased `realm` (0: no change)."""
+    return (
+        f"COALESCE((SELECT max(u.index) FROM realm_vlob_update u WHERE u.realm = {realm}._id), 0)"
+    )
+
+
+# The realm's current revision row, joined to the realm row aliased `r`
+_SQL_JOIN_CURRENT_REVISION = """
+LEFT JOIN vlob_encryption_revision ver
+    ON ver.realm = r._id AND ver.encryption_revision = r.encryption_revision"""
+
+
+# The realm row `r` of the vlob $vlob_id of the organization row `o`: the realm of the
+# vlob's latest atom (a database written by Parsec 2.0.0 may hold one vlob id in two
+# realms; ours never does).
+def _sql_join_vlob_realm(vlob_id: str) -> str:
+    return f"""
+JOIN LATERAL (
+    SELECT a.vlob_encryption_revision, a.version, a.created_on FROM vlob_atom a
+    WHERE a.organization = o._id AND a.vlob_id = {vlob_id}
+    ORDER BY a.version DESC
+    LIMIT 1
+) latest ON TRUE
+JOIN vlob_encryption_revision latest_ver ON latest_ver._id = latest.vlob_encryption_revision
+JOIN realm r ON r._id = latest_ver.realm"""
+
 
 # $1 organization_id, $2 realm_id, $3 author, $4 encryption_revision, $5 vlob_id,
 # $6 timestamp, $7 blob, $8 write roles
@@ -47,32 +88,38 @@ WITH target AS (
     SELECT
         r._id AS realm, r.organization, r.xmin AS realm_version,
         r.encryption_revision, r.maintenance_type IS NOT NULL AS in_maintenance,
-        d._id AS author,
+        ver._id AS ver, d._id AS author,
         {sql_current_role("r", "d.user_")} AS role,
         EXISTS (
             SELECT 1 FROM vlob_atom WHERE organization = r.organization AND vlob_id = $5
-        ) AS vlob_exists
+        ) AS vlob_exists,
+        {sql_last_index("r")} AS last_index
     FROM realm r
     JOIN organization o ON o._id = r.organization
     JOIN device d ON d.organization = o._id AND d.device_id = $3
+    {_SQL_JOIN_CURRENT_REVISION}
     WHERE o.organization_id = $1 AND r.realm_id = $2
 ),
 bumped AS (
-    UPDATE realm SET checkpoint = realm.checkpoint + 1
+    UPDATE realm SET encryption_revision = realm.encryption_revision
     FROM target t
     WHERE realm._id = t.realm AND realm.xmin = t.realm_version
         AND t.role = ANY($8::text[])
         AND NOT t.in_maintenance
         AND t.encryption_revision = $4
         AND NOT t.vlob_exists
-    RETURNING realm._id, realm.checkpoint
+    RETURNING realm._id, t.last_index + 1 AS checkpoint
+),
+registered AS (
+    INSERT INTO ext_vlob_id (organization, vlob_id)
+    SELECT t.organization, $5 FROM bumped b, target t
 ),
 atom AS (
     INSERT INTO vlob_atom (
-        organization, realm, vlob_id, version, encryption_revision, blob, size, author,
+        organization, vlob_encryption_revision, vlob_id, version, blob, size, author,
         created_on
     )
-    SELECT t.organization, b._id, $5, 1, $4, $7::bytea, octet_length($7::bytea), t.author, $6
+    SELECT t.organization, t.ver, $5, 1, $7::bytea, octet_length($7::bytea), t.author, $6
     FROM bumped b, target t
     RETURNING _id
 ),
@@ -87,28 +134,26 @@ FROM target t
 """
 
 # $1 organization_id, $2 author, $3 encryption_revision, $4 vlob_id, $5 version,
-# $6 timestamp, $7 blob, $8 write roles
+# $6 timestamp, $7 blob, $8 write roles.
+# The latest atom is the latest version: outside a maintenance (writes are refused
+# during one) the current revision holds a copy of every version.
 _SQL_UPDATE = f"""
 WITH target AS (
     SELECT
         r._id AS realm, r.realm_id, r.organization, r.xmin AS realm_version,
         r.encryption_revision, r.maintenance_type IS NOT NULL AS in_maintenance,
-        d._id AS author,
+        ver._id AS ver, d._id AS author,
         {sql_current_role("r", "d.user_")} AS role,
-        latest.version AS latest_version, latest.created_on AS latest_created_on
+        latest.version AS latest_version, latest.created_on AS latest_created_on,
+        {sql_last_index("r")} AS last_index
     FROM organization o
     JOIN device d ON d.organization = o._id AND d.device_id = $2
-    JOIN LATERAL (
-        SELECT a.realm, a.version, a.created_on FROM vlob_atom a
-        WHERE a.organization = o._id AND a.vlob_id = $4
-        ORDER BY a.version DESC
-        LIMIT 1
-    ) latest ON TRUE
-    JOIN realm r ON r._id = latest.realm
+    {_sql_join_vlob_realm("$4")}
+    {_SQL_JOIN_CURRENT_REVISION}
     WHERE o.organization_id = $1
 ),
 bumped AS (
-    UPDATE realm SET checkpoint = realm.checkpoint + 1
+    UPDATE realm SET encryption_revision = realm.encryption_revision
     FROM target t
     WHERE realm._id = t.realm AND realm.xmin = t.realm_version
         AND t.role = ANY($8::text[])
@@ -116,14 +161,14 @@ bumped AS (
         AND t.encryption_revision = $3
         AND $5 = t.latest_version + 1
         AND $6 >= t.latest_created_on
-    RETURNING realm._id, realm.checkpoint
+    RETURNING realm._id, t.last_index + 1 AS checkpoint
 ),
 atom AS (
     INSERT INTO vlob_atom (
-        organization, realm, vlob_id, version, encryption_revision, blob, size, author,
+        organization, vlob_encryption_revision, vlob_id, version, blob, size, author,
         created_on
     )
-    SELECT t.organization, b._id, $4, $5, $3, $7::bytea, octet_length($7::bytea), t.author, $6
+    SELECT t.organization, t.ver, $4, $5, $7::bytea, octet_length($7::bytea), t.author, $6
     FROM bumped b, target t
     RETURNING _id
 ),
@@ -138,16 +183,16 @@ SELECT
 FROM target t
 """
 
-# The realm of a vlob, with the caller's role ($2: user id); nothing if the vlob is
-# unknown. Every vlob has a version 1.
+# The realm of a vlob, with the caller's role ($2: user id) and the realm's current
+# revision row (`ver`); nothing if the vlob is unknown.
 _SQL_VLOB_TARGET = f"""
 SELECT
-    r._id AS realm, r.organization, r.encryption_revision,
+    r._id AS realm, r.encryption_revision, ver._id AS ver,
     r.maintenance_type IS NOT NULL AS in_maintenance,
     {sql_current_role("r", sql_user("r", "$2"))} AS role
 FROM organization o
-JOIN vlob_atom first ON first.organization = o._id AND first.vlob_id = $3 AND first.version = 1
-JOIN realm r ON r._id = first.realm
+{_sql_join_vlob_realm("$3")}
+{_SQL_JOIN_CURRENT_REVISION}
 WHERE o.organization_id = $1
 """
 
@@ -163,7 +208,7 @@ SELECT
 FROM target t
 LEFT JOIN LATERAL (
     SELECT a.version, a.blob, a.author, a.created_on FROM vlob_atom a
-    WHERE a.organization = t.organization AND a.vlob_id = $3
+    WHERE a.vlob_encryption_revision = t.ver AND a.vlob_id = $3
         AND t.role = ANY($7::text[]) AND NOT t.in_maintenance AND t.encryption_revision = $4
         AND a.version <= COALESCE($5::integer, 2147483647)
         AND ($5::integer IS NULL OR a.version = $5::integer)
@@ -182,27 +227,25 @@ SELECT
     ARRAY(
         SELECT ROW(a.version, a.created_on, d.device_id)
         FROM vlob_atom a JOIN device d ON d._id = a.author
-        WHERE a.organization = t.organization AND a.vlob_id = $3
+        WHERE a.vlob_encryption_revision = t.ver AND a.vlob_id = $3
             AND t.role = ANY($4::text[]) AND NOT t.in_maintenance
         ORDER BY a.version
     ) AS versions
 FROM target t
 """
 
-_SQL_REALM_TARGET = f"""
-SELECT
-    r._id AS realm, r.organization, r.checkpoint, r.encryption_revision,
-    r.maintenance_type IS NOT NULL AS in_maintenance,
-    {sql_current_role("r", sql_user("r", "$2"))} AS role
-FROM realm r JOIN organization o ON o._id = r.organization
-WHERE o.organization_id = $1 AND r.realm_id = $3
-"""
-
 # $1 organization_id, $2 user_id, $3 realm_id, $4 last_checkpoint (any BIGINT: the protocol
 # accepts any checkpoint), $5 read roles.
 # The changes and the checkpoint come from one snapshot, hence agree.
 _SQL_POLL_CHANGES = f"""
-WITH target AS ({_SQL_REALM_TARGET})
+WITH target AS (
+    SELECT
+        r._id AS realm, {sql_last_index("r")} AS checkpoint,
+        r.maintenance_type IS NOT NULL AS in_maintenance,
+        {sql_current_role("r", sql_user("r", "$2"))} AS role
+    FROM realm r JOIN organization o ON o._id = r.organization
+    WHERE o.organization_id = $1 AND r.realm_id = $3
+)
 SELECT
     t.role, t.in_maintenance, t.checkpoint,
     ARRAY(
@@ -215,19 +258,46 @@ SELECT
 FROM target t
 """
 
-_MAINTENANCE_ALLOWED = "t.role = 'OWNER' AND t.in_maintenance AND t.encryption_revision = $4"
+# The realm being re-encrypted ($4: the revision being built, BIGINT so that any
+# revision of the protocol has a previous one), with the revision rows copied from
+# (`old_ver`) and to (`new_ver`).
+_SQL_MAINTENANCE_TARGET = f"""
+SELECT
+    r._id AS realm, r.encryption_revision,
+    r.maintenance_type IS NOT NULL AS in_maintenance,
+    {sql_current_role("r", sql_user("r", "$2"))} AS role,
+    (
+        SELECT _id FROM vlob_encryption_revision
+        WHERE realm = r._id AND encryption_revision = $4::bigint - 1
+    ) AS old_ver,
+    (
+        SELECT _id FROM vlob_encryption_revision
+        WHERE realm = r._id AND encryption_revision = $4::bigint
+    ) AS new_ver
+FROM realm r JOIN organization o ON o._id = r.organization
+WHERE o.organization_id = $1 AND r.realm_id = $3
+"""
 
-# $1 organization_id, $2 user_id, $3 realm_id, $4 encryption_revision, $5 size
+_MAINTENANCE_ALLOWED = (
+    "t.role = 'OWNER' AND t.in_maintenance AND t.encryption_revision = $4::bigint"
+)
+
+# $1 organization_id, $2 user_id, $3 realm_id, $4 encryption_revision, $5 size.
+# The atoms of the previous revision without a copy in the new one.
 _SQL_GET_REENCRYPTION_BATCH = f"""
-WITH target AS ({_SQL_REALM_TARGET})
+WITH target AS ({_SQL_MAINTENANCE_TARGET})
 SELECT
     t.role, t.in_maintenance, t.encryption_revision,
     ARRAY(
         SELECT ROW(a.vlob_id, a.version, a.blob)
-        FROM vlob_encryption_revision w JOIN vlob_atom a ON a._id = w.vlob_atom
-        WHERE w.realm = t.realm AND w.encryption_revision = $4 AND w.reencrypted_blob IS NULL
-            AND {_MAINTENANCE_ALLOWED}
-        ORDER BY w._id
+        FROM vlob_atom a
+        WHERE a.vlob_encryption_revision = t.old_ver AND {_MAINTENANCE_ALLOWED}
+            AND NOT EXISTS (
+                SELECT 1 FROM vlob_atom c
+                WHERE c.vlob_encryption_revision = t.new_ver
+                    AND c.vlob_id = a.vlob_id AND c.version = a.version
+            )
+        ORDER BY a.vlob_id, a.version
         LIMIT $5
     ) AS batch
 FROM target t
@@ -235,49 +305,51 @@ FROM target t
 
 # $1 organization_id, $2 user_id, $3 realm_id, $4 encryption_revision, $5 vlob ids,
 # $6 versions, $7 blobs.
-# Saves the entries before the first one that is not part of the realm's work (like the
-# memory storage, which stops there); an entry already saved keeps its first blob, as
-# does an entry given twice. `done` counts on the snapshot plus this statement's saves
+# Saves the entries before the first one that is not an atom of the previous revision
+# (like the memory storage, which stops there), each as a copy of its source atom (same
+# author and timestamps) with the new blob; an entry already saved keeps its first blob,
+# as does an entry given twice. `done` counts on the snapshot plus this statement's saves
 # (a concurrent save of the same realm may not be counted yet).
 _SQL_SAVE_REENCRYPTION_BATCH = f"""
-WITH target AS ({_SQL_REALM_TARGET}),
+WITH target AS ({_SQL_MAINTENANCE_TARGET}),
 entries AS (
-    SELECT e.ord, e.blob, w._id AS work
+    SELECT e.ord, e.blob, a._id AS source
     FROM target t
     CROSS JOIN unnest($5::uuid[], $6::integer[], $7::bytea[])
         WITH ORDINALITY AS e(vlob_id, version, blob, ord)
     LEFT JOIN vlob_atom a
-        ON a.organization = t.organization AND a.realm = t.realm
+        ON a.vlob_encryption_revision = t.old_ver
         AND a.vlob_id = e.vlob_id AND a.version = e.version
-    LEFT JOIN vlob_encryption_revision w ON w.vlob_atom = a._id AND w.encryption_revision = $4
     WHERE {_MAINTENANCE_ALLOWED}
 ),
 first_unknown AS (
-    SELECT min(ord) AS ord FROM entries WHERE work IS NULL
+    SELECT min(ord) AS ord FROM entries WHERE source IS NULL
 ),
 to_save AS (
-    SELECT DISTINCT ON (work) work, blob
+    SELECT DISTINCT ON (source) source, blob
     FROM entries
-    WHERE work IS NOT NULL AND ord < COALESCE((SELECT ord FROM first_unknown), ord + 1)
-    ORDER BY work, ord
+    WHERE source IS NOT NULL AND ord < COALESCE((SELECT ord FROM first_unknown), ord + 1)
+    ORDER BY source, ord
 ),
 saved AS (
-    UPDATE vlob_encryption_revision w SET reencrypted_blob = s.blob
-    FROM to_save s
-    WHERE w._id = s.work AND w.reencrypted_blob IS NULL
-    RETURNING w._id
+    INSERT INTO vlob_atom (
+        organization, vlob_encryption_revision, vlob_id, version, blob, size, author,
+        created_on, deleted_on
+    )
+    SELECT
+        a.organization, t.new_ver, a.vlob_id, a.version, s.blob, octet_length(s.blob),
+        a.author, a.created_on, a.deleted_on
+    FROM to_save s JOIN vlob_atom a ON a._id = s.source CROSS JOIN target t
+    ORDER BY a._id
+    ON CONFLICT (vlob_encryption_revision, vlob_id, version) DO NOTHING
+    RETURNING 1
 )
 SELECT
     t.role, t.in_maintenance, t.encryption_revision,
     (SELECT ord FROM first_unknown) AS first_unknown,
-    (
-        SELECT count(*) FROM vlob_encryption_revision
-        WHERE realm = t.realm AND encryption_revision = $4
-    ) AS total,
-    (
-        SELECT count(*) FROM vlob_encryption_revision
-        WHERE realm = t.realm AND encryption_revision = $4 AND reencrypted_blob IS NOT NULL
-    ) + (SELECT count(*) FROM saved) AS done
+    (SELECT count(*) FROM vlob_atom WHERE vlob_encryption_revision = t.old_ver) AS total,
+    (SELECT count(*) FROM vlob_atom WHERE vlob_encryption_revision = t.new_ver)
+        + (SELECT count(*) FROM saved) AS done
 FROM target t
 """
 
@@ -394,7 +466,7 @@ class PGVlobComponent(BaseVlobComponent):
                 _SQL_CREATE, args, lambda row: _create_refused(row, encryption_revision)
             )
         except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != _VERSION_CONSTRAINT:
+            if exc.constraint_name != _CREATE_CONSTRAINT:
                 raise
             # Created at the same time in another realm of the organization.
             return RealmBadOutcome.VLOB_ALREADY_EXISTS
