@@ -64,7 +64,6 @@ from tests.interop.takeover_support import (
     logical_snapshot,
 )
 from tests.interop.test_guide_s3 import (  # noqa: F401  (fixtures used by name)
-    BUCKET,
     bucket_objects,
     guide_blockstore,
     s3_tls,
