@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytest
 import trustme
@@ -650,6 +650,13 @@ class BootstrappedOrganization:
 # --- Server output in failure reports -----------------------------------------------------
 
 
+@runtime_checkable
+class ReportsServerOutput(Protocol):
+    """A fixture value running servers of its own: its sections join a failure's report."""
+
+    def report_sections(self) -> list[tuple[str, str]]: ...
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -661,4 +668,6 @@ def pytest_runtest_makereport(
             process = value.process if isinstance(value, GuideServer | DevServer) else value
             if isinstance(process, ServerProcess):
                 report.sections.append(("parsec backend run output", process.output))
+            elif isinstance(value, ReportsServerOutput):
+                report.sections.extend(value.report_sections())
     return report

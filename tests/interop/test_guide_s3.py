@@ -42,6 +42,7 @@ from parsec_server.client import organization as client_organization
 from parsec_server.client.realm import create_realm
 from tests.backend.blockstore.conftest import MotoS3Server
 from tests.backend.blockstore.conftest import TlsFiles as S3TlsFiles
+from tests.fixtures import free_port
 from tests.fixtures.postgresql import create_empty_database, drop_database, run_async
 from tests.interop.conftest import (
     COMMAND_TIMEOUT,
@@ -54,7 +55,6 @@ from tests.interop.conftest import (
     bootstrap_organization,
     create_organization,
     describe,
-    free_port,
     guide_environment,
     new_organization_name,
     run_command,

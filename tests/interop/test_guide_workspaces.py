@@ -66,10 +66,12 @@ READY_PREFIX = "READY "
 # Run with the reference Python: `python -c REFERENCE_SCRIPT COMMAND JSON_ARGUMENTS`.
 # Prints one `RESULT <json>` line (`watch` and `stay_connected`, kept running, print
 # `READY <json>` first, once connected). Devices are loaded from `config_dir` (the one of
-# `organization`) with the guide's password; client data lives in `data_dir`.
-REFERENCE_SCRIPT = """
+# `organization`) with the guide's password; client data lives in `data_dir`. Other tests
+# add commands of their own: `REFERENCE_COMMANDS + their commands + REFERENCE_MAIN`.
+REFERENCE_COMMANDS = """
 import hashlib, json, sys
 from pathlib import Path
+from uuid import UUID
 
 import trio
 from pendulum import now as pendulum_now
@@ -146,13 +148,15 @@ async def add_member(args):
     async with backend_authenticated_cmds_factory(
         admin.organization_addr, admin.device_id, admin.signing_key
     ) as cmds:
-        if is_user:
+        if args.get("token"):  # an invitation created earlier, still pending
+            rep = {"token": UUID(args["token"])}
+        elif is_user:
             rep = await cmds.invite_new(
                 type=InvitationType.USER, claimer_email=args["email"], send_email=False
             )
         else:
             rep = await cmds.invite_new(type=InvitationType.DEVICE, send_email=False)
-        assert rep["status"] == "ok", rep
+        assert rep.get("status", "ok") == "ok", rep
         addr = BackendInvitationAddr.build(
             backend_addr=admin.organization_addr,
             organization_id=admin.organization_id,
@@ -410,9 +414,14 @@ COMMANDS = {
     for f in (add_member, create_workspace, share, read, write, history, watch,
               stay_connected, whoami, revoke, connect, reencrypt, refused_removal)
 }
+"""
+# Runs the command named on the command line (after the commands, and any extension adding
+# to `COMMANDS`).
+REFERENCE_MAIN = """
 configure_logging(log_level="WARNING")
 trio.run(COMMANDS[sys.argv[1]], json.loads(sys.argv[2]))
 """
+REFERENCE_SCRIPT = REFERENCE_COMMANDS + REFERENCE_MAIN
 
 
 def sha256(data: bytes) -> str:
@@ -459,6 +468,7 @@ class Story:
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)  # path: size, sha256
     encryption_revision: int = 1
     done: set[str] = field(default_factory=set)  # the steps that passed
+    script: str = REFERENCE_SCRIPT  # the reference script its commands come from
 
     def require(self, *steps: str) -> None:
         """Skip a test whose story needs an earlier step that failed or did not run."""
@@ -482,13 +492,15 @@ class Story:
         """One reference script command as `member`, to completion; returns its result."""
         arguments = self.arguments(member, data_dir, **args)
         process = self.cli.python(
-            REFERENCE_SCRIPT, command, json.dumps(arguments), timeout=SCRIPT_TIMEOUT
+            self.script, command, json.dumps(arguments), timeout=SCRIPT_TIMEOUT
         )
         return result_of(process)
 
     def start(self, command: str, member: Member, **args: Any) -> Background:
         """One reference script command as `member`, left running."""
-        return Background(self.cli, command, self.arguments(member, None, **args))
+        return Background(
+            self.cli, command, self.arguments(member, None, **args), script=self.script
+        )
 
     def fresh_data_dir(self) -> Path:
         path = self.folder / f"fresh-{uuid.uuid4().hex[:8]}"
@@ -510,7 +522,10 @@ def add_member(
     kind: str,
     full_name: str = "",
     email: str = "",
+    token: str | None = None,
 ) -> Member:
+    """`name` joins the organization (a new user, or a new device of `admin`'s user) by an
+    invitation `admin` greets: a new one, or the pending one of `token`."""
     config_dir = folder / f"{name}-config"
     config_dir.mkdir()
     arguments = {
@@ -522,6 +537,7 @@ def add_member(
         "full_name": full_name,
         "device_label": f"{name}'s machine",
         "target_config_dir": str(config_dir),
+        "token": token,
     }
     codes = result_of(
         cli.python(REFERENCE_SCRIPT, "add_member", json.dumps(arguments), timeout=SCRIPT_TIMEOUT)
@@ -581,11 +597,17 @@ def wait_line(lines: queue.Queue[str | None], prefix: str, timeout: float) -> st
 class Background:
     """A reference script command left running, its output read by a thread."""
 
-    def __init__(self, cli: Cli, command: str, arguments: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cli: Cli,
+        command: str,
+        arguments: dict[str, Any],
+        script: str = REFERENCE_SCRIPT,
+    ) -> None:
         self.command = command
         python = str(cli.program.with_name("python"))
         self.process = subprocess.Popen(
-            [python, "-c", REFERENCE_SCRIPT, command, json.dumps(arguments)],
+            [python, "-c", script, command, json.dumps(arguments)],
             env=cli.env(),
             cwd=cli.workdir,
             stdin=subprocess.DEVNULL,

@@ -78,8 +78,9 @@ BLOCKSTORE_BUCKETS = (
 # `closed`: the handler closed the connection instead of replying.
 REPLY_STATUSES = frozenset(
     {
-        "ok", "already_bootstrapped", "already_deleted", "already_exists", "already_granted",
-        "already_revoked", "bad_encryption_revision", "bad_message", "bad_timestamp",
+        "ok", "active_users_limit_reached", "already_bootstrapped", "already_deleted",
+        "already_exists", "already_granted", "already_revoked", "bad_encryption_revision",
+        "bad_message", "bad_timestamp",
         "bad_user_id", "bad_version", "denied", "in_maintenance", "incompatible_profile",
         "invalid_certification", "invalid_data", "invalid_msg_format", "invalid_state",
         "maintenance_error", "no_events", "not_allowed", "not_available", "not_found",
