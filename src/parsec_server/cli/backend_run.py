@@ -414,7 +414,8 @@ option = functools.partial(click.option, show_envvar=True)
     multiple=True,
     help="Where blocks are stored: `MOCKED`, `POSTGRESQL`, "
     "`s3:[<endpoint_url>]:<region>:<bucket>:<key>:<secret>`, "
-    "`swift:<auth_url>:<tenant>:<container>:<user>:<password>`, or repeated "
+    "`swift:<auth_url>:<tenant>:<container>:<user>:<password>`, `file:<directory>` "
+    "(one file per block in an existing directory), or repeated "
     "`RAID0|RAID1|RAID5:<node index>:<one of those>` for a RAID set (each node a storage "
     "of its own). "
     "Inside a field, `\\:` stands for `:` and `\\\\` for `\\`. "
