@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.fixtures.postgresql", "tests.fixtures.servers"]
+pytest_plugins = [
+    "tests.fixtures.postgresql",
+    "tests.fixtures.sqlite",
+    "tests.fixtures.servers",
+]

@@ -472,8 +472,9 @@ async def test_connections_closed_because_of_events_are_counted(
 
 
 async def test_blockstore_calls_are_counted_by_backend_and_result(db_url: str) -> None:
-    blockstore = MockedBlockstoreConfig() if db_url == "MOCKED" else PostgreSQLBlockstoreConfig()
-    backend = "memory" if db_url == "MOCKED" else "postgresql"
+    on_postgresql = db_url.startswith("postgresql")
+    blockstore = PostgreSQLBlockstoreConfig() if on_postgresql else MockedBlockstoreConfig()
+    backend = "postgresql" if on_postgresql else "memory"
     config = make_config(db_url, metrics_address=METRICS_ADDRESS, blockstore=blockstore)
     async with running_server(config) as server:
         org = await create_org(server)

@@ -83,6 +83,11 @@ async def backend_app_factory(
 
             async with memory_components(config, metrics, audit) as components:
                 yield _assemble(config, components, metrics, threads, audit)
+        elif config.db_type == "SQLITE":
+            from parsec_server.backend.storage.sqlite.factory import sqlite_components
+
+            async with sqlite_components(config, metrics, audit) as components:
+                yield _assemble(config, components, metrics, threads, audit)
         else:
             from parsec_server.backend.storage.postgresql.factory import postgresql_components
 

@@ -9,6 +9,9 @@ from typing import Literal
 
 from parsec_server.api.addr import BackendAddr
 
+# `--db sqlite:PATH`: the SQLite storage in the file at PATH (docs/storage-sqlite.md).
+SQLITE_PREFIX = "sqlite:"
+
 
 @dataclass(frozen=True, slots=True)
 class MockedBlockstoreConfig:
@@ -100,7 +103,7 @@ EmailConfig = MockedEmailConfig | SmtpEmailConfig
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
-    db_url: str  # "MOCKED" or a postgresql:// URL
+    db_url: str  # "MOCKED", a postgresql:// URL, or sqlite:<absolute path>
     blockstore: BlockstoreConfig
     administration_token: str = field(repr=False)
     backend_addr: BackendAddr
@@ -141,10 +144,22 @@ class BackendConfig:
     shutdown_timeout: float = 30.0
     # Where the audit lines are appended besides the log stream (docs/audit-log.md).
     audit_log: Path | None = None
+    # SQLite: what a commit waits for. Always FULL (durable, docs/storage-sqlite.md) except
+    # in the tests that do not kill servers; not a command line option.
+    sqlite_synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
 
     @property
-    def db_type(self) -> Literal["MOCKED", "POSTGRESQL"]:
-        return "MOCKED" if self.db_url == "MOCKED" else "POSTGRESQL"
+    def db_type(self) -> Literal["MOCKED", "POSTGRESQL", "SQLITE"]:
+        if self.db_url == "MOCKED":
+            return "MOCKED"
+        return "SQLITE" if self.db_url.startswith(SQLITE_PREFIX) else "POSTGRESQL"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file of the SQLite storage; None on another storage."""
+        if not self.db_url.startswith(SQLITE_PREFIX):
+            return None
+        return Path(self.db_url.removeprefix(SQLITE_PREFIX))
 
     def startup_line(self) -> str:
         return (

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import click
 
+from parsec_server.backend.config import SQLITE_PREFIX
 from parsec_server.backend.storage.postgresql.migrations import (
     MigrationOutcome,
     apply_migrations,
 )
+from parsec_server.backend.storage.sqlite.migrations import (
+    MigrationOutcome as SQLiteMigrationOutcome,
+)
+from parsec_server.backend.storage.sqlite.migrations import migrate_file
+from parsec_server.cli.db_params import sqlite_path_of
 
 __all__ = ["connect_with_retries", "migrate"]
 
@@ -37,9 +45,11 @@ def _param_hint(param: click.Parameter) -> str:
 
 
 def _validate_db_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value.startswith(SQLITE_PREFIX):
+        return f"{SQLITE_PREFIX}{sqlite_path_of(value)}"
     if not value.startswith(("postgresql://", "postgres://")):
         raise click.BadParameter(
-            "Must start with `postgresql://` or `postgres://`",
+            "Must start with `postgresql://`, `postgres://` or `sqlite:`",
             ctx=ctx,
             param_hint=_param_hint(param),
         )
@@ -108,7 +118,8 @@ def _one_line(exc: BaseException) -> str:
     show_envvar=True,
     metavar="URL",
     callback=_validate_db_url,
-    help="PostgreSQL database url (postgresql://user:password@host:port/database)",
+    help="PostgreSQL database url (postgresql://user:password@host:port/database), or "
+    "sqlite:PATH for a SQLite database file (created, with its directory, if missing)",
 )
 @click.option(
     "--db-first-tries-number",
@@ -141,7 +152,14 @@ def migrate(
     """Update the database schema (run it before `parsec backend run` after each upgrade)."""
     click.echo("Migrate ", nl=False)
     try:
-        outcomes = asyncio.run(_migrate(db, db_first_tries_number, db_first_tries_sleep, dry_run))
+        if db.startswith(SQLITE_PREFIX):
+            outcomes: Sequence[MigrationOutcome | SQLiteMigrationOutcome] = migrate_file(
+                Path(db.removeprefix(SQLITE_PREFIX)), dry_run=dry_run
+            )
+        else:
+            outcomes = asyncio.run(
+                _migrate(db, db_first_tries_number, db_first_tries_sleep, dry_run)
+            )
     except Exception as exc:
         click.echo("✘")
         if debug:

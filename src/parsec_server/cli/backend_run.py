@@ -29,6 +29,7 @@ from parsec_server.backend.config import (
 )
 from parsec_server.backend.sentry import DEFAULT_ENVIRONMENT, check_dsn, init_sentry
 from parsec_server.cli.blockstore_params import check_blockstore_usable, parse_blockstore_params
+from parsec_server.cli.db_params import parse_db_url
 from parsec_server.cli.logging_setup import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -100,11 +101,6 @@ def parse_proxy_trusted_addresses(text: str | None) -> tuple[str, ...]:
         return parse_trusted_addresses(text)
     except ValueError as exc:
         raise option_error("proxy_trusted_addresses", str(exc)) from None
-
-
-def check_db_url(db_url: str) -> None:
-    if db_url != MOCKED and not db_url.startswith(("postgresql://", "postgres://")):
-        raise option_error("db", f"`{db_url}` is neither `MOCKED` nor a `postgresql://` URL")
 
 
 def build_email_config(
@@ -222,7 +218,7 @@ def build_config(
     """
     addr = parse_backend_addr(backend_addr)
     blockstore_config = parse_blockstore_params(blockstore)
-    check_db_url(db)
+    db = parse_db_url(db)
     metrics = None if metrics_address is None else parse_metrics_address(metrics_address)
     if metrics is not None:
         check_metrics_address(metrics, host, port)
@@ -371,8 +367,9 @@ option = functools.partial(click.option, show_envvar=True)
     "--db",
     envvar="PARSEC_DB",
     required=True,
-    help="`MOCKED` for in-memory storage, else a `postgresql://` URL of a database prepared "
-    "with `parsec backend migrate`",
+    help="`MOCKED` for in-memory storage, a `postgresql://` URL, or `sqlite:PATH` for a "
+    "SQLite database file (one process: no --workers); the database is prepared with "
+    "`parsec backend migrate`",
 )
 @option(
     "--db-min-connections",

@@ -16,6 +16,7 @@ import click
 
 from parsec_server.backend.blockstore.node_storage import check_raid_nodes_distinct
 from parsec_server.backend.config import (
+    SQLITE_PREFIX,
     BlockstoreConfig,
     FileBlockstoreConfig,
     MockedBlockstoreConfig,
@@ -192,8 +193,14 @@ def check_blockstore_usable(blockstore: BlockstoreConfig, db_url: str) -> None:
         nodes: tuple[SingleBlockstoreConfig, ...] = blockstore.nodes
     else:
         nodes = (blockstore,)
-    if db_url == MOCKED_DB and any(isinstance(node, PostgreSQLBlockstoreConfig) for node in nodes):
-        raise StartupError("PostgreSQL block store is not available")
+    if any(isinstance(node, PostgreSQLBlockstoreConfig) for node in nodes):
+        if db_url == MOCKED_DB:
+            raise StartupError("PostgreSQL block store is not available")
+        if db_url.startswith(SQLITE_PREFIX):
+            raise StartupError(
+                "PostgreSQL block store is not available with an SQLite database: "
+                "choose another --blockstore"
+            )
     if isinstance(blockstore, RaidBlockstoreConfig):
         if blockstore.mode == "RAID5" and len(nodes) < 3:
             raise StartupError("RAID5 block store needs at least 3 nodes")

@@ -284,6 +284,11 @@ def run_server(config: BackendConfig) -> None:
 
 
 def _run_workers(config: BackendConfig) -> int | None:
+    if config.db_type == "SQLITE":
+        raise StartupError(
+            "--workers above 1 is not possible with SQLite (one process owns the database "
+            "file and its events): use --workers 1, or PostgreSQL"
+        )
     if config.db_type == "MOCKED" or _uses_memory_blockstore(config.blockstore):
         raise StartupError(
             "--workers above 1 needs --db and --blockstore outside memory (MOCKED storage "

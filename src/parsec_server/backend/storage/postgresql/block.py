@@ -13,6 +13,7 @@ from parsec_server.backend.block import BaseBlockComponent
 from parsec_server.backend.blockstore.base import BlockStore
 from parsec_server.backend.realm_types import READ_ROLES, WRITE_ROLES, RealmBadOutcome
 from parsec_server.backend.storage.postgresql.realm import sql_current_role, sql_user
+from parsec_server.backend.storage.rows import block_create_refused
 
 _SQL_CHECK_CREATE = f"""
 SELECT
@@ -69,19 +70,6 @@ WHERE o.organization_id = $1 AND b.block_id = $3
 _WRITE_ROLES = sorted(role.value for role in WRITE_ROLES)
 
 
-def _create_refusal(row: asyncpg.Record | None) -> RealmBadOutcome | None:
-    """The outcome of _SQL_CHECK_CREATE or _SQL_RECORD, in the order of the checks."""
-    if row is None:
-        return RealmBadOutcome.REALM_NOT_FOUND
-    if row["role"] not in WRITE_ROLES:
-        return RealmBadOutcome.NOT_ALLOWED
-    if row["in_maintenance"]:
-        return RealmBadOutcome.IN_MAINTENANCE
-    if row["block_exists"]:
-        return RealmBadOutcome.BLOCK_ALREADY_EXISTS
-    return None
-
-
 class PGBlockComponent(BaseBlockComponent):
     def __init__(self, pool: asyncpg.Pool, blockstore: BlockStore) -> None:
         super().__init__(blockstore)
@@ -93,7 +81,7 @@ class PGBlockComponent(BaseBlockComponent):
         row = await self._pool.fetchrow(
             _SQL_CHECK_CREATE, organization_id, user_id, realm_id, block_id
         )
-        return _create_refusal(row)
+        return block_create_refused(row)
 
     async def record(
         self,
@@ -114,7 +102,7 @@ class PGBlockComponent(BaseBlockComponent):
             created_on.dt,
             _WRITE_ROLES,
         )
-        return _create_refusal(row)
+        return block_create_refused(row)
 
     async def check_read(
         self, organization_id: str, user_id: str, block_id: uuid.UUID

@@ -18,11 +18,11 @@ from parsec_server.backend.invite import (
 from parsec_server.backend.invite_conduit import ConduitBadOutcome, ConduitSlots, ConduitState
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.organization import BaseOrganizationComponent
-from parsec_server.backend.storage.postgresql.user import (
+from parsec_server.backend.storage.postgresql.utils import to_datetime
+from parsec_server.backend.storage.rows import (
     human_handle_of,
     sql_own_label_certificate,
 )
-from parsec_server.backend.storage.postgresql.utils import to_datetime
 
 _INVITATION_COLUMNS = f"""
     i.token, i.type, u.user_id AS greeter_user_id, h.email AS greeter_email,

@@ -4,13 +4,17 @@ import dataclasses
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-from parsec_server.api.certificates import DeviceCertificate, UserCertificate, unsecure_load
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import HumanHandle, UserProfile
+from parsec_server.api.ids import UserProfile
 from parsec_server.backend.audit import STREAM_ONLY, AuditLog
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.organization import Organization, OrganizationSettings
 from parsec_server.backend.storage.postgresql.utils import to_datetime
+from parsec_server.backend.storage.rows import (
+    human_handle_of,
+    sql_own_label_certificate,
+    verify_key_of,
+)
 from parsec_server.backend.user import (
     BaseUserComponent,
     CertifiedDevice,
@@ -23,34 +27,6 @@ from parsec_server.backend.user import (
     walk_trustchain,
 )
 from parsec_server.backend.user_types import Device, User, UserSummary, UserWithTrustchain
-
-
-def sql_own_label_certificate(user: str) -> str:
-    """SQL: the user certificate of the `user_` row aliased `user` when its human row is
-    shared with other users, NULL otherwise. A `human` row is shared by the users of one
-    email (one non-revoked at most) and holds the label of the latest one (see
-    `_SQL_UPSERT_HUMAN`; rows written before that rule hold the first one's): each user of
-    a shared row finds its own label in its certificate. Reused emails are rare, and so
-    is this certificate parsing."""
-    return f"""
-    CASE WHEN EXISTS (
-        SELECT 1 FROM user_ other WHERE other.human = {user}.human AND other._id <> {user}._id
-    ) THEN {user}.user_certificate END"""
-
-
-def human_handle_of(row: asyncpg.Record, prefix: str = "") -> HumanHandle | None:
-    """The human handle of a row selecting `<prefix>email`, `<prefix>label` and
-    `<prefix>own_label_certificate` (`sql_own_label_certificate`)."""
-    email = row[f"{prefix}email"]
-    if email is None:
-        return None
-    certificate = row[f"{prefix}own_label_certificate"]
-    if certificate is not None:
-        handle = unsecure_load(UserCertificate, certificate).human_handle
-        if handle is not None:
-            return handle
-    return (email, row[f"{prefix}label"])
-
 
 _SQL_GET_IDENTITY = f"""
 SELECT
@@ -217,15 +193,6 @@ WHERE u.organization = (SELECT _id FROM organization WHERE organization_id = $1)
 """
 
 
-def _verify_key(row: asyncpg.Record) -> bytes:
-    """The device's verify key: the stored copy, or, for a device stored by Parsec 2.0.0
-    (which keeps none), the key of its certificate (checked when it was stored)."""
-    stored: bytes | None = row["verify_key"]
-    if stored is not None:
-        return stored
-    return unsecure_load(DeviceCertificate, row["device_certificate"]).verify_key
-
-
 async def insert_user_and_device(
     conn: asyncpg.Connection, organization: int, user: User, device: Device
 ) -> None:
@@ -322,7 +289,7 @@ class PGUserComponent(BaseUserComponent):
             redacted_device_certificate=row["redacted_device_certificate"],
             device_certifier=row["device_certifier"],
             created_on=DateTime(row["device_created_on"]),
-            verify_key=_verify_key(row),
+            verify_key=verify_key_of(row),
         )
         return organization, user, device
 

@@ -37,10 +37,15 @@ from collections.abc import Callable
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import RealmRole
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.realm_types import READ_ROLES, WRITE_ROLES, RealmBadOutcome
 from parsec_server.backend.storage.postgresql.realm import sql_current_role, sql_user
+from parsec_server.backend.storage.rows import (
+    access_refused,
+    maintenance_refused,
+    vlob_create_refused,
+    vlob_update_refused,
+)
 from parsec_server.backend.vlob import BaseVlobComponent, ReencryptionEntry, VlobVersion
 
 _READ_ROLES = sorted(READ_ROLES)
@@ -354,56 +359,6 @@ FROM target t
 """
 
 
-def _refused(
-    row: asyncpg.Record, roles: frozenset[RealmRole], encryption_revision: int | None
-) -> RealmBadOutcome | None:
-    """The checks after finding the realm, in the memory storage's order: role,
-    maintenance, encryption revision."""
-    if row["role"] not in roles:
-        return RealmBadOutcome.NOT_ALLOWED
-    if row["in_maintenance"]:
-        return RealmBadOutcome.IN_MAINTENANCE
-    if encryption_revision is not None and encryption_revision != row["encryption_revision"]:
-        return RealmBadOutcome.BAD_ENCRYPTION_REVISION
-    return None
-
-
-def _maintenance_refused(row: asyncpg.Record, encryption_revision: int) -> RealmBadOutcome | None:
-    if row["role"] != RealmRole.OWNER:
-        return RealmBadOutcome.NOT_ALLOWED
-    if not row["in_maintenance"]:
-        return RealmBadOutcome.NOT_IN_MAINTENANCE
-    if encryption_revision != row["encryption_revision"]:
-        return RealmBadOutcome.BAD_ENCRYPTION_REVISION
-    return None
-
-
-def _create_refused(row: asyncpg.Record | None, encryption_revision: int) -> RealmBadOutcome | None:
-    if row is None:
-        return RealmBadOutcome.REALM_NOT_FOUND
-    refused = _refused(row, WRITE_ROLES, encryption_revision)
-    if refused is not None:
-        return refused
-    if row["vlob_exists"]:
-        return RealmBadOutcome.VLOB_ALREADY_EXISTS
-    return None
-
-
-def _update_refused(
-    row: asyncpg.Record | None, encryption_revision: int, version: int, timestamp: DateTime
-) -> RealmBadOutcome | None:
-    if row is None:
-        return RealmBadOutcome.VLOB_NOT_FOUND
-    refused = _refused(row, WRITE_ROLES, encryption_revision)
-    if refused is not None:
-        return refused
-    if version != row["latest_version"] + 1:
-        return RealmBadOutcome.BAD_VERSION
-    if timestamp < DateTime(row["latest_created_on"]):
-        return RealmBadOutcome.BAD_TIMESTAMP
-    return None
-
-
 class WriteChecksMismatch(RuntimeError):
     """A write found its checks passed but wrote nothing while holding the realm's lock:
     the SQL and the Python checks disagree (a bug)."""
@@ -463,7 +418,7 @@ class PGVlobComponent(BaseVlobComponent):
         )
         try:
             row = await self._write(
-                _SQL_CREATE, args, lambda row: _create_refused(row, encryption_revision)
+                _SQL_CREATE, args, lambda row: vlob_create_refused(row, encryption_revision)
             )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != _CREATE_CONSTRAINT:
@@ -496,7 +451,7 @@ class PGVlobComponent(BaseVlobComponent):
         )
         if row is None:
             return RealmBadOutcome.VLOB_NOT_FOUND
-        refused = _refused(row, READ_ROLES, encryption_revision)
+        refused = access_refused(row, READ_ROLES, encryption_revision)
         if refused is not None:
             return refused
         if row["version"] is None:
@@ -532,7 +487,9 @@ class PGVlobComponent(BaseVlobComponent):
             row = await self._write(
                 _SQL_UPDATE,
                 args,
-                lambda row: _update_refused(row, encryption_revision, version, timestamp),
+                lambda row: vlob_update_refused(
+                    row, encryption_revision, version, timestamp, DateTime
+                ),
             )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != _VERSION_CONSTRAINT:
@@ -551,7 +508,7 @@ class PGVlobComponent(BaseVlobComponent):
         )
         if row is None:
             return RealmBadOutcome.REALM_NOT_FOUND
-        refused = _refused(row, READ_ROLES, None)
+        refused = access_refused(row, READ_ROLES, None)
         if refused is not None:
             return refused
         changes = {vlob_id: version for vlob_id, version in row["changes"]}
@@ -566,7 +523,7 @@ class PGVlobComponent(BaseVlobComponent):
         )
         if row is None:
             return RealmBadOutcome.VLOB_NOT_FOUND
-        refused = _refused(row, READ_ROLES, None)
+        refused = access_refused(row, READ_ROLES, None)
         if refused is not None:
             return refused
         return [
@@ -592,7 +549,7 @@ class PGVlobComponent(BaseVlobComponent):
         )
         if row is None:
             return RealmBadOutcome.REALM_NOT_FOUND
-        refused = _maintenance_refused(row, encryption_revision)
+        refused = maintenance_refused(row, encryption_revision)
         if refused is not None:
             return refused
         return [
@@ -619,7 +576,7 @@ class PGVlobComponent(BaseVlobComponent):
         )
         if row is None:
             return RealmBadOutcome.REALM_NOT_FOUND
-        refused = _maintenance_refused(row, encryption_revision)
+        refused = maintenance_refused(row, encryption_revision)
         if refused is not None:
             return refused
         if row["first_unknown"] is not None:
