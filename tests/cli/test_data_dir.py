@@ -17,8 +17,8 @@ import pytest
 from parsec_server.api.addr import BackendAddr
 from parsec_server.api.codec import ID
 from parsec_server.backend.config import StartupError
+from parsec_server.backend.data_dir import prepare_data_dir
 from parsec_server.cli.backend_run import DEV_ADMINISTRATION_TOKEN, data_dir_args
-from parsec_server.cli.data_dir import prepare_data_dir
 from parsec_server.client.realm import create_realm
 from tests.cli.test_backend_run_lifecycle import (
     PARSEC,

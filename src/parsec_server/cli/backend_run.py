@@ -28,9 +28,9 @@ from parsec_server.backend.config import (
     SmtpEmailConfig,
     StartupError,
 )
+from parsec_server.backend.data_dir import DATA_DIR_ENVVAR, prepare_data_dir, storage_args
 from parsec_server.backend.sentry import DEFAULT_ENVIRONMENT, check_dsn, init_sentry
 from parsec_server.cli.blockstore_params import check_blockstore_usable, parse_blockstore_params
-from parsec_server.cli.data_dir import DATA_DIR_ENVVAR, prepare_data_dir, storage_args
 from parsec_server.cli.db_params import parse_db_url
 from parsec_server.cli.logging_setup import (
     LOG_FORMATS,

@@ -1,4 +1,4 @@
-"""The `parsec` command: `parsec backend run|migrate` and `parsec core ...`."""
+"""The `parsec` command: `parsec backend run|migrate|backup|copy` and `parsec core ...`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from parsec_server.cli.backend_backup import backup_command
 from parsec_server.cli.backend_migrate import migrate
 from parsec_server.cli.backend_run import run
 from parsec_server.cli.core_admin import (
@@ -77,6 +78,7 @@ def core() -> None:
 
 backend.add_command(run)
 backend.add_command(migrate)
+backend.add_command(backup_command, name="backup")
 core.add_command(create_organization)
 core.add_command(status_organization)
 core.add_command(stats_organization)
