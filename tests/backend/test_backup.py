@@ -13,24 +13,23 @@ from click.testing import CliRunner
 
 from parsec_server.api.codec import ID
 from parsec_server.backend.backup import backup
-from parsec_server.backend.config import FileBlockstoreConfig
+from parsec_server.backend.config import BackendConfig, FileBlockstoreConfig
 from parsec_server.backend.data_dir import prepare_data_dir
 from parsec_server.cli.main import cli
 from parsec_server.client.realm import create_realm
 from tests.fixtures.servers import create_org, make_config, running_server
 
 
-def data_dir_config(data_dir: Path) -> dict[str, object]:
-    return {
-        "db_url": f"sqlite:{data_dir / 'parsec.sqlite'}",
-        "blockstore": FileBlockstoreConfig(data_dir / "blocks"),
-    }
+def data_dir_config(data_dir: Path) -> BackendConfig:
+    return make_config(
+        f"sqlite:{data_dir / 'parsec.sqlite'}", blockstore=FileBlockstoreConfig(data_dir / "blocks")
+    )
 
 
 async def test_backup_while_blocks_are_written_then_restore(tmp_path: Path) -> None:
     data_dir, out = tmp_path / "data", tmp_path / "backup"
     assert prepare_data_dir(data_dir)
-    async with running_server(make_config(**data_dir_config(data_dir))) as server:
+    async with running_server(data_dir_config(data_dir)) as server:
         org = await create_org(server)
         async with await org.alice.connect() as conn:
             realm_id = await create_realm(conn, org.alice)
@@ -63,7 +62,7 @@ async def test_backup_while_blocks_are_written_then_restore(tmp_path: Path) -> N
     assert sorted(path.name for path in out.iterdir()) == ["blocks", "parsec.sqlite"]
 
     # Restore: a server on the copy serves what the database knew when it was copied.
-    async with running_server(make_config(**data_dir_config(out))) as server:
+    async with running_server(data_dir_config(out)) as server:
         alice = dataclasses.replace(org.alice, backend_addr=server.addr)
         async with await alice.connect() as conn:
             for block_id in before:
@@ -117,7 +116,7 @@ def test_backup_command(tmp_path: Path) -> None:
 async def test_backup_refuses_a_copy_without_a_block_of_the_database(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     assert prepare_data_dir(data_dir)
-    async with running_server(make_config(**data_dir_config(data_dir))) as server:
+    async with running_server(data_dir_config(data_dir)) as server:
         org = await create_org(server)
         async with await org.alice.connect() as conn:
             realm_id = await create_realm(conn, org.alice)
