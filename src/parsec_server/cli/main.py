@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from parsec_server.cli.backend_backup import backup_command
+from parsec_server.cli.backend_copy import copy
 from parsec_server.cli.backend_migrate import migrate
 from parsec_server.cli.backend_run import run
 from parsec_server.cli.core_admin import (
@@ -79,6 +80,7 @@ def core() -> None:
 backend.add_command(run)
 backend.add_command(migrate)
 backend.add_command(backup_command, name="backup")
+backend.add_command(copy)
 core.add_command(create_organization)
 core.add_command(status_organization)
 core.add_command(stats_organization)
