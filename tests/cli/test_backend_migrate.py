@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -12,6 +15,10 @@ from parsec_server.backend.storage.postgresql.migrations import (
     check_migrations_applied,
     get_last_applied_migration,
 )
+from parsec_server.backend.storage.sqlite.migrations import (
+    get_last_applied_migration as get_sqlite_level,
+)
+from parsec_server.backend.storage.sqlite.migrations import migrate_file
 from parsec_server.cli.backend_migrate import migrate
 from tests.fixtures.postgresql import run_async
 
@@ -116,16 +123,102 @@ def test_migrate_reports_a_failing_migration_and_stops(
     assert last_applied_migration(empty_postgresql_url) == 2
 
 
-def test_migrate_refuses_a_non_postgresql_url(runner: CliRunner) -> None:
-    for url in ("MOCKED", "mysql://localhost/parsec", "sqlite:///tmp/db"):
+def test_migrate_refuses_a_url_of_another_database(runner: CliRunner) -> None:
+    for url in ("MOCKED", "mysql://localhost/parsec", "file:///tmp/db"):
         result = runner.invoke(migrate, ["--db", url])
 
         assert result.exit_code == 2, result.output
         assert (
-            'Error: Invalid value for "--db": Must start with `postgresql://` or `postgres://`'
-            in result.stderr
-        )
+            'Error: Invalid value for "--db": '
+            "Must start with `postgresql://`, `postgres://` or `sqlite:`"
+        ) in result.stderr
         assert "Migrate" not in result.stdout
+
+
+# --- SQLite --------------------------------------------------------------------------------
+
+SQLITE_FIRST_RUN_OUTPUT = "Migrate ✔\n0001_initial.sql ✔\n"
+SQLITE_SECOND_RUN_OUTPUT = "Migrate ✔\n0001_initial.sql (already applied)\n"
+
+
+def sqlite_level(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return get_sqlite_level(conn)
+    finally:
+        conn.close()
+
+
+def test_migrate_creates_the_sqlite_file_and_its_directory(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "var" / "lib" / "parsec" / "parsec.sqlite"
+
+    result = runner.invoke(migrate, ["--db", f"sqlite:{path}"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == SQLITE_FIRST_RUN_OUTPUT
+    assert sqlite_level(path) == 1
+
+    result = runner.invoke(migrate, ["--db", f"sqlite:{path}"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == SQLITE_SECOND_RUN_OUTPUT
+
+
+def test_migrate_reads_a_relative_sqlite_path_from_parsec_db(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(migrate, [], env={"PARSEC_DB": "sqlite:data/parsec.sqlite"})
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == SQLITE_FIRST_RUN_OUTPUT
+    assert sqlite_level(tmp_path / "data" / "parsec.sqlite") == 1
+
+
+def test_migrate_dry_run_creates_no_sqlite_file(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "data" / "parsec.sqlite"
+
+    result = runner.invoke(migrate, ["--db", f"sqlite:{path}", "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == SQLITE_FIRST_RUN_OUTPUT
+    assert not path.parent.exists()
+
+
+def test_migrate_reports_a_failing_sqlite_migration(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "parsec.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE organization (x INTEGER)")
+    conn.close()
+
+    result = runner.invoke(migrate, ["--db", f"sqlite:{path}"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ("Migrate ✔\n0001_initial.sql ✘: table organization already exists\n")
+    assert sqlite_level(path) == 0  # rolled back whole
+
+
+def test_migrate_on_a_file_that_is_not_a_database_prints_one_error_line(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "parsec.sqlite"
+    path.write_bytes(b"not a database" * 1000)
+
+    result = runner.invoke(migrate, ["--db", f"sqlite:{path}"])
+
+    assert result.exit_code == 1
+    assert result.stdout == "Migrate ✘\nError: file is not a database\n"
+
+
+def test_concurrent_sqlite_migrations_apply_once(tmp_path: Path) -> None:
+    path = tmp_path / "parsec.sqlite"
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: migrate_file(path), range(4)))
+
+    statuses = sorted(o[0].status.value for o in outcomes)
+    assert statuses == ["already_applied"] * 3 + ["applied"]
+    assert sqlite_level(path) == 1
 
 
 def test_migrate_requires_a_database(runner: CliRunner) -> None:

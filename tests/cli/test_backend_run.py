@@ -829,8 +829,45 @@ def test_db_neither_mocked_nor_postgresql_is_a_usage_error(fake_server: FakeServ
     assert result.exit_code == 2
     assert error_lines(result) == [
         "Error: Invalid value for '--db' (env var: 'PARSEC_DB'): "
-        "`mocked` is neither `MOCKED` nor a `postgresql://` URL"
+        "`mocked` is neither `MOCKED`, a `postgresql://` URL nor `sqlite:PATH`"
     ]
+
+
+def test_db_sqlite_path_is_made_absolute_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = minimal_config(db="sqlite:data/parsec.sqlite")
+    absolute = minimal_config(db="sqlite:/var/lib/parsec/parsec.sqlite")
+
+    assert relative.db_type == "SQLITE"
+    assert relative.sqlite_path == tmp_path / "data" / "parsec.sqlite"
+    assert absolute.db_url == "sqlite:/var/lib/parsec/parsec.sqlite"
+    assert absolute.sqlite_synchronous == "FULL"
+
+
+@pytest.mark.parametrize("db", ["sqlite:", "sqlite::memory:"])
+def test_db_sqlite_without_a_file_is_a_usage_error(fake_server: FakeServer, db: str) -> None:
+    result = invoke([*REQUIRED_ARGS, "--db", db])
+
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        "Error: Invalid value for '--db' (env var: 'PARSEC_DB'): "
+        "`sqlite:` needs the path of the database file: `sqlite:PATH`"
+    ]
+
+
+def test_postgresql_blockstore_with_sqlite_db_fails_at_start_up(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    result = invoke(["--dev", "--db", f"sqlite:{tmp_path}/db.sqlite", "-b", "POSTGRESQL"])
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: PostgreSQL block store is not available with an SQLite database: "
+        "choose another --blockstore\n"
+    )
+    assert fake_server.configs == []
 
 
 def test_db_min_connections_above_max_is_a_usage_error(fake_server: FakeServer) -> None:
