@@ -25,7 +25,9 @@ def block_files(root: Path) -> list[str]:
 async def test_blocks_in_a_directory_then_disk_full(
     server_factory: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with server_factory(blockstore=FileBlockstoreConfig(tmp_path)) as server:
+    blocks = tmp_path / "blocks"  # the SQLite database is in tmp_path
+    blocks.mkdir()
+    async with server_factory(blockstore=FileBlockstoreConfig(blocks)) as server:
         org = await create_org(server)
         async with await org.alice.connect() as conn:
             realm_id = await create_realm(conn, org.alice)
@@ -38,7 +40,7 @@ async def test_blocks_in_a_directory_then_disk_full(
                 "block": block,
             }
             name = str(block_id.uuid)
-            assert block_files(tmp_path) == [f"{org.organization_id}/{name[:2]}/{name}"]
+            assert block_files(blocks) == [f"{org.organization_id}/{name[:2]}/{name}"]
 
             def disk_full(self: BlockDirectory, fd: int, data: memoryview) -> int:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -49,7 +51,7 @@ async def test_blocks_in_a_directory_then_disk_full(
             assert rep == {"status": "timeout"}
             # No metadata and no file for the failed create; the rest is served.
             assert await conn.cmd("block_read", block_id=other_id) == {"status": "not_found"}
-            assert block_files(tmp_path) == [f"{org.organization_id}/{name[:2]}/{name}"]
+            assert block_files(blocks) == [f"{org.organization_id}/{name[:2]}/{name}"]
             assert (await conn.cmd("block_read", block_id=block_id))["status"] == "ok"
             assert (await conn.cmd("realm_status", realm_id=realm_id))["status"] == "ok"
 
