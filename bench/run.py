@@ -1,7 +1,7 @@
 """Benchmark runner: our server against the reference Parsec 2.0.0 server, side by side.
 
     .venv/bin/python bench/run.py [--scenarios connections,vlob,block,events]
-                                  [--storage memory|postgresql|s3[,...]]
+                                  [--storage memory|postgresql|s3|sqlite[,...]]
                                   [--servers ours,reference] [--duration 2] [--json FILE]
 
 Both servers are started the same way, as subprocesses (`parsec backend run --dev` on a free
@@ -46,6 +46,7 @@ DEFAULT_SCENARIOS = {
     "memory": ("connections", "vlob", "block", "events"),
     "postgresql": ("vlob", "block", "events"),
     "s3": ("block",),
+    "sqlite": ("vlob", "block", "events"),
 }
 DEFAULT_POSTGRESQL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -82,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_csv(SCENARIOS, "scenario"),
         metavar="LIST",
         help="comma-separated among: connections, vlob, block, events (default: all four "
-        "on memory, vlob,block,events on postgresql, block on s3)",
+        "on memory, vlob,block,events on postgresql and sqlite, block on s3)",
     )
     parser.add_argument(
         "--storage",
@@ -90,8 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["memory"],
         metavar="LIST",
         help="comma-separated among: memory (--dev), postgresql (a fresh database per server "
-        "start, migrated by that server), s3 (a moto server, a bucket per server start); "
-        "each is run in turn (default: memory)",
+        "start, migrated by that server), s3 (a moto server, a bucket per server start), "
+        "sqlite (a fresh file per server start; ours only); each is run in turn "
+        "(default: memory)",
     )
     parser.add_argument(
         "--servers",

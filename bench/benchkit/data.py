@@ -166,7 +166,8 @@ def print_table(results: list[OpMeasure], servers: list[str]) -> None:
                     True,
                 )
             )
-            if storage != "memory":
+            # SQLite works in the server's process: its CPU is in the server's line.
+            if storage not in ("memory", "sqlite"):
                 what = "PostgreSQL" if storage == "postgresql" else "moto (S3)"
                 rows.append(
                     (

@@ -1,4 +1,5 @@
-"""Starting the two servers the same way, on a storage: memory, PostgreSQL or S3 (moto)."""
+"""Starting the two servers the same way, on a storage: memory, PostgreSQL, S3 (moto), or
+SQLite (ours only: the reference has no SQLite storage)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from benchkit.common import (
 )
 from parsec_server.api.addr import BackendAddr
 
-STORAGES = ("memory", "postgresql", "s3")
+STORAGES = ("memory", "postgresql", "s3", "sqlite")
 S3_REGION = "region1"
 S3_KEY, S3_SECRET = "key", "secret"  # moto accepts any credentials
 MIGRATE_TIMEOUT = 120.0
@@ -153,6 +154,11 @@ class StorageEnv:
                 f"S3: moto server on {HOST}:{self.moto_port} (-b s3:http\\://{HOST}\\:"
                 f"{self.moto_port}:{S3_REGION}:<bucket>:{S3_KEY}:{S3_SECRET}), metadata in memory"
             )
+        if self.kind == "sqlite":
+            return (
+                f"SQLite: a fresh file in {self.log_dir} per server start (--db sqlite:<file> "
+                "-b MOCKED), in the server's process: its CPU is in the server's"
+            )
         return "memory (--dev: --db MOCKED -b MOCKED)"
 
     @contextmanager
@@ -162,8 +168,30 @@ class StorageEnv:
                 yield backing
         elif self.kind == "s3":
             yield self._s3(server)
+        elif self.kind == "sqlite":
+            yield self._sqlite(server)
         else:
             yield Backing("memory")
+
+    # SQLite: a fresh file per server start, migrated by that server (ours only).
+
+    def _sqlite(self, server: str) -> Backing:
+        if server == "reference":
+            raise RuntimeError("the reference server has no SQLite storage")
+        path = self.log_dir / f"parsec-{uuid.uuid4().hex[:10]}.sqlite"
+        done = subprocess.run(
+            [str(parsec_bin(server)), "backend", "migrate", "--db", f"sqlite:{path}"],
+            capture_output=True,
+            timeout=MIGRATE_TIMEOUT,
+            check=False,
+            env=_clean_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{server}: `backend migrate` failed:\n{output}")
+        # The storage works in the server's own threads: no separate process to measure.
+        return Backing(f"file {path}", ["--db", f"sqlite:{path}", "-b", "MOCKED"])
 
     # PostgreSQL: a fresh database per server start, migrated by that server.
 
