@@ -82,6 +82,18 @@ def test_port_in_use_is_a_one_line_error() -> None:
     assert "address already in use" in line.lower()
 
 
+def test_missing_block_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "blocks"
+    result = _run("MOCKED", free_port(), blockstore=f"file:{missing}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = _error_lines(result)
+    assert line == (
+        f"Error: Block directory `{missing}` does not exist "
+        "(create it, on the disk meant for the blocks)"
+    )
+
+
 # --- SQLite --------------------------------------------------------------------------------
 
 

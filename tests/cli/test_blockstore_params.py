@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import pytest
 
 from parsec_server.backend.config import (
+    FileBlockstoreConfig,
     MockedBlockstoreConfig,
     PostgreSQLBlockstoreConfig,
     RaidBlockstoreConfig,
@@ -12,6 +15,7 @@ from parsec_server.backend.config import (
     SwiftBlockstoreConfig,
 )
 from parsec_server.cli.blockstore_params import (
+    FILE_FORMAT_ERROR,
     S3_FORMAT_ERROR,
     SWIFT_FORMAT_ERROR,
     check_blockstore_usable,
@@ -270,3 +274,46 @@ def test_raid_nodes_sharing_a_storage_cannot_start(
 def test_raid_nodes_on_distinct_storages_can_start(mode: str, nodes: list[str]) -> None:
     config = parse_blockstore_params([f"{mode}:{i}:{node}" for i, node in enumerate(nodes)])
     check_blockstore_usable(config, "postgresql://db.example.com/parsec")
+
+
+def test_file_blockstore_is_an_absolute_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_blockstore_params(["file:/var/lib/parsec/blocks"]) == FileBlockstoreConfig(
+        Path("/var/lib/parsec/blocks")
+    )
+    assert parse_blockstore_params(["FILE:blocks/"]) == FileBlockstoreConfig(tmp_path / "blocks")
+    # The rest of the value is the directory, `:` included (escaped or not).
+    assert parse_blockstore_params(["file:/srv/a:b\\:c"]) == FileBlockstoreConfig(
+        Path("/srv/a:b:c")
+    )
+
+
+def test_file_blockstore_needs_a_directory() -> None:
+    assert _error_of(["file:"]) == FILE_FORMAT_ERROR
+    assert _error_of(["file"]) == FILE_FORMAT_ERROR
+
+
+def test_raid_of_block_directories(tmp_path: Path) -> None:
+    config = parse_blockstore_params(["RAID1:1:file:/disk2/blocks", "raid1:0:file:/disk1/blocks"])
+    assert config == RaidBlockstoreConfig(
+        mode="RAID1",
+        nodes=(
+            FileBlockstoreConfig(Path("/disk1/blocks")),
+            FileBlockstoreConfig(Path("/disk2/blocks")),
+        ),
+    )
+    check_blockstore_usable(config, "MOCKED")
+
+
+def test_raid_nodes_in_one_directory_cannot_start(tmp_path: Path) -> None:
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "blocks")
+    values = [f"RAID1:0:file:{tmp_path}/blocks/", f"RAID1:1:file:{tmp_path}/link"]
+    with pytest.raises(StartupError) as info:
+        check_blockstore_usable(parse_blockstore_params(values), "MOCKED")
+    assert str(info.value) == (
+        f"RAID1 nodes 0 and 1 use the same storage (block directory `{tmp_path}/blocks`): "
+        "each node needs a storage of its own"
+    )

@@ -237,7 +237,7 @@ def test_env_file_sets_the_required_settings() -> None:
     assert required <= active
 
 
-def test_env_file_values_are_valid_settings(fake_server: Recorded) -> None:
+def test_env_file_values_are_valid_settings(fake_server: Recorded, tmp_path: Path) -> None:
     env = {name: value for name, value, commented in env_file_assignments() if not commented}
     config = run_with_env(env, fake_server)
     assert config.db_url == env["PARSEC_DB"]
@@ -247,9 +247,14 @@ def test_env_file_values_are_valid_settings(fake_server: Recorded) -> None:
         for name, value, _ in env_file_assignments()
         if not name.startswith("PARSEC_SSL_") and value
     }
+    data_dir = every.pop("PARSEC_DATA_DIR")  # instead of PARSEC_DB and PARSEC_BLOCKSTORE
+    assert data_dir == "/var/lib/parsec"
     config = run_with_env(every, fake_server)
     assert config.shutdown_timeout == default_of("shutdown_timeout")
     assert config.workers == 1
+    del every["PARSEC_DB"], every["PARSEC_BLOCKSTORE"]
+    config = run_with_env({**every, "PARSEC_DATA_DIR": str(tmp_path)}, fake_server)
+    assert (config.db_type, config.blockstore.type_name) == ("SQLITE", "FILE")
 
 
 def test_env_file_suits_backend_migrate_too() -> None:

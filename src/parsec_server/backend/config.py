@@ -43,8 +43,18 @@ class SwiftBlockstoreConfig:
     type_name: Literal["SWIFT"] = "SWIFT"
 
 
+@dataclass(frozen=True, slots=True)
+class FileBlockstoreConfig:
+    path: Path  # absolute: the block directory (docs/storage-files.md)
+    type_name: Literal["FILE"] = "FILE"
+
+
 SingleBlockstoreConfig = (
-    MockedBlockstoreConfig | PostgreSQLBlockstoreConfig | S3BlockstoreConfig | SwiftBlockstoreConfig
+    MockedBlockstoreConfig
+    | PostgreSQLBlockstoreConfig
+    | S3BlockstoreConfig
+    | SwiftBlockstoreConfig
+    | FileBlockstoreConfig
 )
 
 

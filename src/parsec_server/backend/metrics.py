@@ -94,7 +94,7 @@ class Metrics(Protocol):
         seconds: float,
     ) -> None:
         """`backend`: `BlockstoreConfig.type_name` lowercased (memory, postgresql, s3,
-        swift, raid0, raid1, raid5)."""
+        swift, file, raid0, raid1, raid5)."""
 
     def email_sent(self, result: EmailResult) -> None: ...
 

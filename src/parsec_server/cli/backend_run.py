@@ -8,6 +8,7 @@ parse but cannot work (see protocol/70-server-config.md section 1).
 from __future__ import annotations
 
 import functools
+import os
 import re
 import ssl
 import tempfile
@@ -27,6 +28,7 @@ from parsec_server.backend.config import (
     SmtpEmailConfig,
     StartupError,
 )
+from parsec_server.backend.data_dir import DATA_DIR_ENVVAR, prepare_data_dir, storage_args
 from parsec_server.backend.sentry import DEFAULT_ENVIRONMENT, check_dsn, init_sentry
 from parsec_server.cli.blockstore_params import check_blockstore_usable, parse_blockstore_params
 from parsec_server.cli.db_params import parse_db_url
@@ -294,16 +296,42 @@ def dev_args(given: Mapping[str, object]) -> list[str]:
     return args
 
 
+def data_dir_args(given: Mapping[str, object], environ: Mapping[str, str]) -> list[str]:
+    """The `--db` and `--blockstore` arguments `--data-dir` (or `PARSEC_DATA_DIR`) stands
+    for; none without it. A usage error if `--db` or `--blockstore` is given as well, on
+    the command line or in the environment: one place says where the data is."""
+    value = given.get("data_dir") or environ.get(DATA_DIR_ENVVAR)
+    if not value:
+        return []
+    clashes = [
+        option
+        for name, option, envvar in (
+            ("db", "--db", "PARSEC_DB"),
+            ("blockstore", "--blockstore", "PARSEC_BLOCKSTORE"),
+        )
+        if name in given or environ.get(envvar)
+    ]
+    if clashes:
+        raise click.UsageError(
+            f"--data-dir ({DATA_DIR_ENVVAR}) sets --db and --blockstore: "
+            f"do not give {' or '.join(clashes)} (nor their PARSEC_* variables) with it"
+        )
+    return storage_args(Path(str(value)))
+
+
 class RunCommand(click.Command):
-    """Applies `--dev` before any other option: its values are inserted as if typed, so
-    they beat the `PARSEC_*` variables of the same settings."""
+    """Applies `--data-dir` and `--dev` before any other option: their values are inserted
+    as if typed, so they beat the `PARSEC_*` variables of the same settings."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         given, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        # In front, so that they stay before a `--` the operator may have typed.
+        storage = data_dir_args(given, os.environ)
+        if storage:
+            given = {**given, "db": storage[1], "blockstore": storage[3]}
         if given.get("dev"):
-            # In front, so that they stay before a `--` the operator may have typed.
-            args = [*dev_args(given), *args]
-        return super().parse_args(ctx, args)
+            storage += dev_args(given)
+        return super().parse_args(ctx, [*storage, *args])
 
 
 # --- The command --------------------------------------------------------------------------
@@ -372,6 +400,14 @@ option = functools.partial(click.option, show_envvar=True)
     "`parsec backend migrate`",
 )
 @option(
+    "--data-dir",
+    envvar=DATA_DIR_ENVVAR,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep everything in this directory: SQLite database DIR/parsec.sqlite and blocks "
+    "in DIR/blocks (stands for --db sqlite:DIR/parsec.sqlite --blockstore file:DIR/blocks, "
+    "which must not be given with it). A new or empty directory is initialised at start",
+)
+@option(
     "--db-min-connections",
     envvar="PARSEC_DB_MIN_CONNECTIONS",
     type=click.IntRange(min=0),
@@ -411,7 +447,8 @@ option = functools.partial(click.option, show_envvar=True)
     multiple=True,
     help="Where blocks are stored: `MOCKED`, `POSTGRESQL`, "
     "`s3:[<endpoint_url>]:<region>:<bucket>:<key>:<secret>`, "
-    "`swift:<auth_url>:<tenant>:<container>:<user>:<password>`, or repeated "
+    "`swift:<auth_url>:<tenant>:<container>:<user>:<password>`, `file:<directory>` "
+    "(one file per block in an existing directory), or repeated "
     "`RAID0|RAID1|RAID5:<node index>:<one of those>` for a RAID set (each node a storage "
     "of its own). "
     "Inside a field, `\\:` stands for `:` and `\\\\` for `\\`. "
@@ -566,7 +603,8 @@ option = functools.partial(click.option, show_envvar=True)
     "--dev",
     is_flag=True,
     help="Development mode, for the settings not on the command line: --debug, --db MOCKED, "
-    "--blockstore MOCKED, --email-host MOCKED, --email-sender no-reply@parsec.com, "
+    "--blockstore MOCKED (with --data-dir: its storage, kept across restarts), "
+    "--email-host MOCKED, --email-sender no-reply@parsec.com, "
     "--administration-token s3cr3t, --backend-addr parsec://localhost:<--port>",
 )
 @option(
@@ -622,13 +660,16 @@ def run(
     log_file: Path | None,
     log_filter: str | None,
     dev: bool,
+    data_dir: Path | None,
     **params: Any,
 ) -> None:
     """Run the Parsec metadata server."""
-    # `dev` was applied while parsing (see `RunCommand`).
+    # `dev` and `data_dir` were applied while parsing (see `RunCommand`).
     _setup_logging(log_level, log_format, log_file, log_filter)
     try:
         config = build_config(**params)
+        if data_dir is not None and prepare_data_dir(data_dir):
+            click.echo(f"New data directory {data_dir.absolute()}: initialised")
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     init_sentry(config)

@@ -6,8 +6,10 @@ are `StartupError`s.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import click
@@ -16,6 +18,7 @@ from parsec_server.backend.blockstore.node_storage import check_raid_nodes_disti
 from parsec_server.backend.config import (
     SQLITE_PREFIX,
     BlockstoreConfig,
+    FileBlockstoreConfig,
     MockedBlockstoreConfig,
     PostgreSQLBlockstoreConfig,
     RaidBlockstoreConfig,
@@ -33,6 +36,7 @@ S3_FORMAT_ERROR = (
 SWIFT_FORMAT_ERROR = (
     "Invalid SWIFT config, must be `swift:<auth_url>:<tenant>:<container>:<user>:<password>`"
 )
+FILE_FORMAT_ERROR = "Invalid FILE config, must be `file:<directory>`"
 
 RaidMode = Literal["RAID0", "RAID1", "RAID5"]
 _RAID_MODES: dict[str, RaidMode] = {"RAID0": "RAID0", "RAID1": "RAID1", "RAID5": "RAID5"}
@@ -71,7 +75,8 @@ def _with_https_default(url: str) -> str:
 
 
 def parse_single_blockstore(value: str) -> SingleBlockstoreConfig:
-    """`MOCKED`, `POSTGRESQL`, `s3:...` or `swift:...` (50-block-blockstore.md 4.1)."""
+    """`MOCKED`, `POSTGRESQL`, `s3:...` or `swift:...` (50-block-blockstore.md 4.1), or
+    `file:<directory>` (ours, docs/storage-files.md)."""
     if value.upper() == "MOCKED":
         return MockedBlockstoreConfig()
     if value.upper() == "POSTGRESQL":
@@ -100,7 +105,18 @@ def parse_single_blockstore(value: str) -> SingleBlockstoreConfig:
             user=user,
             password=password,
         )
+    if kind == "file":
+        return parse_file_blockstore(fields[1:])
     raise _blockstore_error(f"Invalid blockstore type `{fields[0]}`")
+
+
+def parse_file_blockstore(fields: Sequence[str]) -> FileBlockstoreConfig:
+    """`file:<directory>`: the rest of the value is the directory (`:` in it may be written
+    as is or as `\\:`), relative to the current directory if not absolute."""
+    directory = ":".join(fields)
+    if not directory:
+        raise _blockstore_error(FILE_FORMAT_ERROR)
+    return FileBlockstoreConfig(path=Path(os.path.abspath(directory)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The `parsec` command: `parsec backend run|migrate|downgrade` and `parsec core ...`."""
+"""The `parsec` command: `parsec backend run|migrate|downgrade|backup|copy` and
+`parsec core ...`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import click
 
+from parsec_server.cli.backend_backup import backup_command
+from parsec_server.cli.backend_copy import copy
 from parsec_server.cli.backend_downgrade import downgrade
 from parsec_server.cli.backend_migrate import migrate
 from parsec_server.cli.backend_run import run
@@ -79,6 +82,8 @@ def core() -> None:
 backend.add_command(run)
 backend.add_command(migrate)
 backend.add_command(downgrade)
+backend.add_command(backup_command, name="backup")
+backend.add_command(copy)
 core.add_command(create_organization)
 core.add_command(status_organization)
 core.add_command(stats_organization)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from parsec_server.backend.blockstore.factory import blockstore_factory
+from parsec_server.backend.blockstore.file import FileBlockStore
 from parsec_server.backend.blockstore.memory import MemoryBlockStore
 from parsec_server.backend.blockstore.raid import (
     Raid0BlockStore,
@@ -17,6 +19,7 @@ from parsec_server.backend.blockstore.raid import (
 from parsec_server.backend.blockstore.s3 import S3BlockStore
 from parsec_server.backend.blockstore.swift import SwiftBlockStore
 from parsec_server.backend.config import (
+    FileBlockstoreConfig,
     MockedBlockstoreConfig,
     PostgreSQLBlockstoreConfig,
     RaidBlockstoreConfig,
@@ -135,4 +138,20 @@ async def test_raid_of_postgresql_nodes_does_not_start() -> None:
         StartupError, match=r"^RAID0 nodes 0 and 1 use the same storage \(POSTGRESQL"
     ):
         async with blockstore_factory(config, object()):
+            pass
+
+
+async def test_file_started_and_closed(tmp_path: Path) -> None:
+    async with blockstore_factory(FileBlockstoreConfig(tmp_path), None) as store:
+        assert isinstance(store, FileBlockStore)
+        block_id = uuid.uuid4()
+        assert await store.create(ORG, block_id, b"data") is None
+        assert await store.read(ORG, block_id) == b"data"
+    assert store._executor._shutdown
+
+
+async def test_raid_node_on_a_missing_directory_does_not_start(tmp_path: Path) -> None:
+    nodes = (FileBlockstoreConfig(tmp_path), FileBlockstoreConfig(tmp_path / "missing"))
+    with pytest.raises(StartupError, match=r"^RAID1 node 1: Block directory `.*` does not exist"):
+        async with blockstore_factory(RaidBlockstoreConfig("RAID1", nodes), None):
             pass

@@ -1,4 +1,4 @@
-"""The `MOCKED` (memory) and `POSTGRESQL` blockstores: the latest create of a key wins,
+"""The `MOCKED` (memory), `POSTGRESQL` and `file:` blockstores: the latest create of a key wins,
 delete removes it (protocol/50-block-blockstore.md sections 5.3 and 5.4, and the
 overwrite deviation of docs/deviations.md)."""
 
@@ -6,21 +6,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from parsec_server.backend.blockstore.base import BlockStore, BlockStoreBadOutcome
+from parsec_server.backend.blockstore.blockdir import BlockDirectory
+from parsec_server.backend.blockstore.file import FileBlockStore
 from parsec_server.backend.blockstore.memory import MemoryBlockStore
 from parsec_server.backend.blockstore.postgresql import PostgreSQLBlockStore
 
 ORG = "MyOrg"
 
 
-@pytest.fixture(params=["memory", "postgresql"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[BlockStore]:
+@pytest.fixture(params=["memory", "postgresql", "file"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlockStore]:
     if request.param == "memory":
         yield MemoryBlockStore()
+        return
+    if request.param == "file":
+        file_store = await FileBlockStore.start(BlockDirectory(tmp_path))
+        yield file_store
+        await file_store.close()
         return
     url: str = request.getfixturevalue("migrated_postgresql_url")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)

@@ -20,6 +20,7 @@ from parsec_server.backend.blockstore.node_storage import check_raid_nodes_disti
 from parsec_server.backend.blockstore.remote import DEFAULT_TIMEOUTS, RemoteTimeouts
 from parsec_server.backend.config import (
     BlockstoreConfig,
+    FileBlockstoreConfig,
     MockedBlockstoreConfig,
     PostgreSQLBlockstoreConfig,
     RaidBlockstoreConfig,
@@ -113,5 +114,10 @@ async def _start_single(
             from parsec_server.backend.blockstore.swift import SwiftBlockStore
 
             store = await SwiftBlockStore.start(config, timeouts)
+        case FileBlockstoreConfig():
+            from parsec_server.backend.blockstore.blockdir import BlockDirectory
+            from parsec_server.backend.blockstore.file import FileBlockStore
+
+            store = await FileBlockStore.start(BlockDirectory(config.path), timeouts.operation)
     stack.push_async_callback(store.close)
     return _measured(store, config.type_name, metrics)

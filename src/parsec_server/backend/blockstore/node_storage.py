@@ -5,17 +5,20 @@ each other and blocks read back corrupt or lost.
 
 Two nodes share a storage when they are both `POSTGRESQL` (one `block_data` table in the
 `--db` database), S3 nodes with the same endpoint (the region's AWS endpoint when none is
-given) and bucket, or Swift nodes with the same auth URL, tenant and container. URLs are
-compared without case in the scheme and host, with the scheme's default port made
-explicit and without a trailing `/`. `MOCKED` nodes each have their own memory.
+given) and bucket, Swift nodes with the same auth URL, tenant and container, or `file:`
+nodes with the same directory (symbolic links resolved). URLs are compared without case in
+the scheme and host, with the scheme's default port made explicit and without a trailing
+`/`. `MOCKED` nodes each have their own memory.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from parsec_server.backend.config import (
+    FileBlockstoreConfig,
     MockedBlockstoreConfig,
     PostgreSQLBlockstoreConfig,
     RaidBlockstoreConfig,
@@ -59,6 +62,8 @@ def storage_key(node: SingleBlockstoreConfig) -> tuple[str, ...] | None:
             return ("S3", normalized_url(s3_endpoint(node)), node.bucket)
         case SwiftBlockstoreConfig():
             return ("SWIFT", normalized_url(node.auth_url), node.tenant, node.container)
+        case FileBlockstoreConfig():
+            return ("FILE", os.path.realpath(node.path))
 
 
 def describe_storage(node: SingleBlockstoreConfig) -> str:
@@ -74,6 +79,8 @@ def describe_storage(node: SingleBlockstoreConfig) -> str:
             return (
                 f"Swift container `{node.container}` of tenant `{node.tenant}` at {node.auth_url}"
             )
+        case FileBlockstoreConfig():
+            return f"block directory `{node.path}`"
 
 
 def _enumeration(indexes: Sequence[int]) -> str:
