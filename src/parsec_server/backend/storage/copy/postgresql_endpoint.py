@@ -84,6 +84,8 @@ class PostgreSQLEndpoint(Endpoint):
         from parsec_server.backend.storage.postgresql.migrations import (
             SchemaError,
             check_migrations_applied,
+        )
+        from parsec_server.backend.storage.postgresql.migrations import (
             migrate as migrate_schema,
         )
 
