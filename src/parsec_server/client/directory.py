@@ -121,3 +121,18 @@ class Directory:
         certificate = verify_and_load(DeviceCertificate, raw, author_key, author)
         self._verify_keys[device_id] = certificate.verify_key
         return certificate.verify_key
+
+
+async def list_users(conn: BackendConnection, directory: Directory) -> list[UserInfo]:
+    """Every user of the organization (`human_find`, page by page), checked."""
+    users: list[UserInfo] = []
+    page = 1
+    while True:
+        reply = await conn.cmd("human_find", query=None, page=page, per_page=100)
+        if reply.get("status") != "ok":
+            raise CommandFailed(reply)
+        for result in reply["results"]:
+            users.append(await directory.user(result["user_id"]))
+        if page * 100 >= reply["total"] or not reply["results"]:
+            return users
+        page += 1
