@@ -243,9 +243,15 @@ def test_local_read_error_writes_nothing_on_the_server(
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_bytes(b"a")
-    (tree / "sub" / "broken.bin").write_bytes(b"z" * (2 * 512 * 1024))
+    (tree / "sub" / "broken.bin").write_bytes(b"x" * (2 * 512 * 1024))  # as the stream reads
     failing_files["broken.bin"] = (errno.EIO, 700 * 1024)
     message = assert_one_line_error(run(upload, people.alice_dir, tree, "/Up/tree"))
     assert message == f"{tree / 'sub' / 'broken.bin'}: Input/output error"
     # Neither the tree nor any part of it is named in the workspace.
     assert names(people.alice_dir, "/Up") == []
+    # Run again: the first block, stored before the failure, is not sent again.
+    del failing_files["broken.bin"]
+    done = json.loads(ok(upload, people.alice_dir, tree, "/Up/tree", "--json"))
+    assert done["skipped_blocks"] == 1
+    assert names(people.alice_dir, "/Up/tree") == ["a.txt", "sub"]
+    assert not list((people.alice_dir / "uploads").rglob("*.journal"))
