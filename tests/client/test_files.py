@@ -19,6 +19,7 @@ from parsec_server.client.files import Workspace, conflict_name
 from parsec_server.client.fs_errors import FSNoAccessError, FSNotFoundError
 from parsec_server.client.manifests import BlockAccess, FileManifest
 from parsec_server.client.pool import ConnectionPool
+from parsec_server.client.reencryption import reencrypt_workspace
 from parsec_server.client.upload_journal import UploadJournal
 from parsec_server.client.workspaces import Session
 from tests.fixtures.servers import Organization
@@ -275,3 +276,34 @@ async def resumable(session: Session, name: str, journals: Path) -> AsyncIterato
     entry = await session.workspace_entry(name)
     async with ConnectionPool(session.device, 3, first=session.conn) as pool:
         yield Workspace(session, entry, pool, parallel=3, blocksize=BLOCKSIZE, journal_dir=journals)
+
+
+# --- re-encryption --------------------------------------------------------------------------
+
+
+async def test_reencrypted_workspace_reads_for_every_member(
+    org: Organization, tmp_path: Path
+) -> None:
+    local = tmp_path / "f.txt"
+    local.write_bytes(b"before the new key")
+    async with session_of(org.alice) as alice:
+        entry = await alice.create_workspace("W")
+        async with workspace_of(alice, "W") as ws:
+            await ws.mkdir(("dir",))
+            await ws.upload(local, ("dir", "f.txt"))
+        await alice.share(entry, org.bob.user_id, RealmRole.READER)
+    async with session_of(org.bob) as bob:
+        with pytest.raises(FSNoAccessError):
+            await reencrypt_workspace(bob, await bob.workspace_entry("W"))
+    async with session_of(org.alice) as alice:
+        done = await reencrypt_workspace(alice, await alice.workspace_entry("W"), batch_size=2)
+        assert done.encryption_revision == 2
+        assert done.vlobs == 5  # root v1-v2, dir v1-v2, file v1
+        async with workspace_of(alice, "W") as ws:
+            assert ws.entry.encryption_revision == 2
+            await ws.upload(local, ("after.txt",))
+    async with session_of(org.bob) as bob, workspace_of(bob, "W") as ws:
+        assert ws.entry.encryption_revision == 2
+        await ws.download(("dir", "f.txt"), tmp_path / "back.txt")
+        assert [e.name for e in await ws.entries(())] == ["after.txt", "dir"]
+    assert (tmp_path / "back.txt").read_bytes() == b"before the new key"
