@@ -203,7 +203,7 @@ async def test_interrupted_upload_run_again_skips_the_blocks_stored(
 
     async with session_of(org.alice) as session:
         await session.create_workspace("W")
-        async with resumable(session, "W", journals) as ws:
+        async with resumable(session, "W", journals, parallel=1) as ws:
             monkeypatch.setattr(Workspace, "_create_block", create_block)
             with pytest.raises(Interrupted):
                 await ws.upload(local, ("big.bin",))
@@ -272,10 +272,15 @@ async def _journaled(ws: Workspace, journal: Path) -> dict[int, BlockAccess]:
 
 
 @asynccontextmanager
-async def resumable(session: Session, name: str, journals: Path) -> AsyncIterator[Workspace]:
+async def resumable(
+    session: Session, name: str, journals: Path, parallel: int = 3
+) -> AsyncIterator[Workspace]:
+    """With `parallel=1`, an interruption leaves exactly the blocks sent before it."""
     entry = await session.workspace_entry(name)
-    async with ConnectionPool(session.device, 3, first=session.conn) as pool:
-        yield Workspace(session, entry, pool, parallel=3, blocksize=BLOCKSIZE, journal_dir=journals)
+    async with ConnectionPool(session.device, parallel, first=session.conn) as pool:
+        yield Workspace(
+            session, entry, pool, parallel=parallel, blocksize=BLOCKSIZE, journal_dir=journals
+        )
 
 
 # --- re-encryption --------------------------------------------------------------------------

@@ -405,7 +405,12 @@ class Workspace:
                     await asyncio.to_thread(journal.record, item[0])
                 progress(item[0].size)
 
+        read_error: LocalIOError | None = None
+
         async def read() -> None:
+            # A local read error lets the blocks already read be stored (and journaled)
+            # before it is raised: the upload run again skips them.
+            nonlocal read_error
             offset = 0
             try:
                 with local.open("rb") as stream:
@@ -425,7 +430,8 @@ class Workspace:
                         await queue.put((access, ciphertext))
                         offset += len(data)
             except OSError as exc:
-                raise _local_error(local, exc) from exc
+                read_error = _local_error(local, exc)
+                read_error.__cause__ = exc
             for _ in range(self.parallel):
                 await queue.put(None)
 
@@ -436,6 +442,8 @@ class Workspace:
                     group.create_task(send())
         except BaseExceptionGroup as group_exc:
             raise group_exc.exceptions[0] from None
+        if read_error is not None:
+            raise read_error
         return sum(a.size for a in accesses), tuple(accesses)
 
     async def _journal(self, local: Path) -> UploadJournal | None:
