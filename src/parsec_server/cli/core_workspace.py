@@ -141,7 +141,7 @@ def reencrypt_workspace(workspace: str, **kwargs: Any) -> None:
     async def main(session: Session) -> dict[str, Any]:
         entry = await session.workspace_entry(workspace)
         seen = 0
-        with args.output.progress(f"Re-encrypting {entry.name}", None) as advance:
+        with args.output.progress(f"Re-encrypting {entry.name}", None, unit=" versions") as advance:
 
             def progress(done: int, _total: int) -> None:
                 nonlocal seen
