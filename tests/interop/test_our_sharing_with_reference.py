@@ -95,6 +95,7 @@ class Pair:
     folder: Path
     alice: Member
     bob: Member
+    script: str = SCRIPT
     fresh: int = 0
 
     def ours(self, *args: str | Path, ok: bool = True) -> str:
@@ -117,7 +118,7 @@ class Pair:
             "password": PASSWORD,
             **args,
         }
-        result = self.reference_cli.python(SCRIPT, command, json.dumps(arguments), timeout=120)
+        result = self.reference_cli.python(self.script, command, json.dumps(arguments), timeout=120)
         assert result.returncode == 0, describe(result)
         [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
         return json.loads(line.removeprefix("RESULT "))
@@ -128,6 +129,14 @@ class Pair:
 
 @pytest.fixture
 def pair(dev_server: DevServer, our_cli: Cli, reference_cli: Cli, tmp_path: Path) -> Pair:
+    return new_pair(dev_server, our_cli, reference_cli, tmp_path)
+
+
+def new_pair(
+    dev_server: DevServer, our_cli: Cli, reference_cli: Cli, tmp_path: Path, script: str = SCRIPT
+) -> Pair:
+    """A new organization: Alice bootstrapped with ours, Bob invited and claimed with the
+    reference client; reference commands run `script`."""
     name = new_organization_name()
     url = create_organization(our_cli, dev_server.addr, DEV_TOKEN, name)
     config_dir = tmp_path / "alice-config"
@@ -136,7 +145,7 @@ def pair(dev_server: DevServer, our_cli: Cli, reference_cli: Cli, tmp_path: Path
     [me] = [u for u in _list_users(our_cli, config_dir) if u["email"] == "alice@example.com"]
     alice = Member("alice", config_dir, f"{me['user_id']}@unused", tmp_path / "alice-data")
     bob = add_member(reference_cli, name, tmp_path, alice, "bob", "user", "Bob", "bob@example.com")
-    return Pair(our_cli, reference_cli, name, tmp_path, alice, bob)
+    return Pair(our_cli, reference_cli, name, tmp_path, alice, bob, script)
 
 
 def _list_users(cli: Cli, config_dir: Path) -> list[dict[str, Any]]:

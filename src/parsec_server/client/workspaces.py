@@ -256,6 +256,9 @@ class Session:
             role=RealmRole.OWNER,
         )
         await self._ensure_realm(entry.id)
+        # Dated after the owner's role certificate: the 2.0.0 client refuses a manifest
+        # written when its author had no role yet.
+        now = DateTime.now()
         manifest = WorkspaceManifest(
             author=self.device.device_id,
             timestamp=now,
