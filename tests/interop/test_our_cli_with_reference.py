@@ -1,6 +1,7 @@
 """Our client CLI and the unmodified Parsec 2.0.0 CLI, face to face on our server.
 
-* Device key files: each CLI lists and uses the devices the other one saved.
+* Device key files: each CLI lists and uses the devices the other one saved (ours also
+  lists the workspaces and downloads the files of a device the reference bootstrapped).
 * Invitations: our `greet_invitation` (in `--sas-mode=auto`) welcomes a claimer running
   the reference `claim_invitation`, and the reference `greet_invitation` welcomes our
   `claim_invitation` (auto mode); the reference side is interactive, driven by pexpect,
@@ -12,6 +13,7 @@ The server is `parsec backend run --dev` (memory storage, no TLS), one per test.
 from __future__ import annotations
 
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.interop.conftest import (
     describe,
     new_organization_name,
 )
+from tests.interop.test_guide_workspaces import REFERENCE_SCRIPT, result_of
 
 pytestmark = pytest.mark.interop
 
@@ -206,6 +209,40 @@ def test_our_cli_lists_and_uses_a_device_saved_by_the_reference(
     expected = f"{admin.organization}: {admin.full_name} <{admin.email}> @ {admin.device_label}"
     assert re.search(rf"^{admin.slughash[:3]}[0-9a-f]* - {re.escape(expected)}$", listed, re.M)
     assert invitations.stdout == f"{token_of(url)}\tidle\tuser (zoe@example.com)\n"
+
+    # Its workspaces and files too: one the reference creates, listed and downloaded by
+    # ours with the device the reference saved.
+    source = tmp_path / "plan.txt"
+    source.write_bytes(b"made by the reference\n")
+    arguments = {
+        "config_dir": str(admin.config_dir),
+        "organization": admin.organization,
+        "password": PASSWORD,
+        "data_dir": str(tmp_path / "reference-data"),
+        "name": "Plans",
+        "files": {"plan.txt": str(source)},
+    }
+    created = result_of(
+        reference_cli.python(
+            REFERENCE_SCRIPT, "create_workspace", json.dumps(arguments), timeout=120
+        )
+    )
+    workspaces = our_cli.run("core", "list_workspaces", "--json", *admin.options())
+    assert workspaces.returncode == 0, describe(workspaces)
+    assert json.loads(workspaces.stdout) == [
+        {
+            "id": created["workspace_id"].replace("-", ""),
+            "name": "Plans",
+            "role": "OWNER",
+            "encryption_revision": 1,
+        }
+    ]
+    target = tmp_path / "got.txt"
+    download = our_cli.run(
+        "core", "download", "/Plans/plan.txt", target, "--quiet", *admin.options()
+    )
+    assert download.returncode == 0, describe(download)
+    assert target.read_bytes() == b"made by the reference\n"
 
 
 def test_reference_lists_and_loads_a_device_saved_by_our_cli(
