@@ -5,11 +5,17 @@ server on PostgreSQL and on S3 (moto), on the same random file.
 
     .venv/bin/python bench/client_throughput.py [--storage postgresql,s3] [--size-mib 256]
                                                [--parallel 4] [--clients ours,reference]
-                                               [--json FILE]
+                                               [--json FILE] [--sparse]
 
 Each figure is one timed run of a whole command (process start, device load, handshake
 included), MiB/s = file size / wall time; peak RSS of our command is reported beside it
 (the bounded memory of streaming). Prints figures, not a test; see docs/benchmarks.md.
+
+`--sparse`: the file to upload is a sparse file of zeros instead of random bytes, so that a
+large size (e.g. `--clients ours --size-mib 2048 --sparse`, the peak RSS of a 2 GiB upload
+and download) takes no disk space for the source; the downloaded copy is written, checked,
+then removed. Blocks are encrypted each with its own key, so zeros cost the same to send
+and store as random bytes.
 """
 
 from __future__ import annotations
@@ -198,14 +204,21 @@ def measure(storage: str, args: argparse.Namespace, folder: Path) -> list[Figure
     figures: list[Figure] = []
     local = folder / "file.bin"
     with local.open("wb") as stream:
-        for _ in range(args.size_mib):
-            stream.write(os.urandom(CHUNK))
+        if args.sparse:
+            stream.truncate(args.size_mib * CHUNK)
+        else:
+            for _ in range(args.size_mib):
+                stream.write(os.urandom(CHUNK))
     size = float(args.size_mib)
     expected = _sha256(local)
 
     def figure(client: str, operation: str, seconds: float, rss: float | None) -> None:
         figures.append(Figure(storage, client, operation, size, seconds, size / seconds, rss))
-        print(f"  {storage:<10} {client:<9} {operation:<8} {size / seconds:8.1f} MiB/s", flush=True)
+        memory = "" if rss is None else f", peak RSS {rss:.0f} MiB"
+        print(
+            f"  {storage:<10} {client:<9} {operation:<8} {size / seconds:8.1f} MiB/s{memory}",
+            flush=True,
+        )
 
     with StorageEnv(storage, args.postgresql_url, folder) as env:
         print(f"Storage: {env.describe()}", flush=True)
@@ -263,6 +276,9 @@ def main() -> None:
     parser.add_argument("--clients", default="ours,reference")
     parser.add_argument("--postgresql-url", default=DEFAULT_POSTGRESQL_URL)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--sparse", action="store_true", help="a sparse file of zeros (no disk space)"
+    )
     args = parser.parse_args()
     args.clients = args.clients.split(",")
     print(json.dumps(machine_info(1)), flush=True)
