@@ -1,7 +1,7 @@
 """How long taking over (and handing back) a large Parsec 2.0.0 database takes.
 
     .venv/bin/python bench/takeover_size.py [--vlobs 1000000] [--blocks 100000]
-                                            [--postgresql-url URL] [--keep]
+                                            [--postgresql-url URL] [--keep] [--legacy]
 
 1. Creates a fresh database `size_<random>` on the PostgreSQL server of --postgresql-url
    and gives it the Parsec 2.0.0 schema with the reference's own `parsec backend migrate`.
@@ -28,6 +28,13 @@
 5. Prints the figures (wall time, database size, and the WAL the PostgreSQL cluster
    wrote meanwhile: other databases' writes count too) and drops the databases, unless
    --keep.
+
+With --legacy, the database is instead in our previous layout (`migrations/legacy/`,
+level 5; one organization of --organizations x --users-per-org users with a device
+each, --organizations x --realms-per-org realms, --vlobs vlob versions of 1 KiB,
+--blocks blocks, 10 messages per user): times our `parsec backend migrate` converting
+it to the Parsec 2.0.0 layout then applying the extras, checks row counts and verify
+keys are kept and that the reference's `migrate --dry-run` finds nothing to apply.
 
 This is a program that prints figures, not a test. It exits 1 if a check failed.
 Needed: the reference in /tmp/parsec-reference-2.0.0 (`scripts/reference-parsec`), a
@@ -64,6 +71,11 @@ from nacl.signing import SigningKey
 from parsec_server.api.certificates import DeviceCertificate, unsecure_load
 from parsec_server.api.codec import ID, DateTime
 from parsec_server.api.ids import RealmRole, UserProfile
+from parsec_server.backend.storage.postgresql.schema.files import (
+    Series,
+    load_series,
+    split_statements,
+)
 from parsec_server.client.certificates import (
     device_certificates,
     realm_role_certificate,
@@ -1094,6 +1106,187 @@ async def interrupted_takeover(
     compare_snapshots(checks, "interrupted takeover", base, await snapshot(url, columns))
 
 
+# --------------------------------------------------------------------------- --legacy
+
+# Rows of our previous layout (`migrations/legacy/`, level 5), set-based, around the
+# users and devices of one organization built in Python (`fill_legacy`).
+_FILL_LEGACY = """
+INSERT INTO realm (organization, realm_id, encryption_revision, checkpoint)
+    SELECT 1, gen_random_uuid(), 1, 0 FROM generate_series(1, {realms});
+INSERT INTO vlob_atom (organization, realm, vlob_id, version, encryption_revision, blob,
+    size, author, created_on)
+    SELECT 1, 1 + (i / 2) % {realms}, md5((i / 2)::text)::uuid, 1 + i % 2, 1,
+        decode(repeat(md5(i::text), 32), 'hex'), 1024, 1, now()
+    FROM generate_series(0, {vlobs} - 1) AS i;
+INSERT INTO realm_vlob_update (realm, index, vlob_atom)
+    SELECT realm, row_number() OVER (PARTITION BY realm ORDER BY _id), _id FROM vlob_atom;
+INSERT INTO block (organization, block_id, realm, author, size, created_on)
+    SELECT 1, gen_random_uuid(), 1 + i % {realms}, 1, 4096, now()
+    FROM generate_series(1, {blocks}) AS i;
+INSERT INTO message (recipient, index, sender, timestamp, body)
+    SELECT u._id, i, 1, now(), 'm' FROM user_ u, generate_series(1, 10) AS i;
+"""
+LEGACY_COUNTED = ("user_", "device", "realm", "vlob_atom", "realm_vlob_update", "block", "message")
+CONVERTED_LINE = "converted from the previous parsec-server layout"
+
+
+async def fill_legacy(url: str, args: argparse.Namespace) -> None:
+    """Our legacy files 0001..0005 (recorded as our earlier releases did), then the rows."""
+    async with connected(url) as conn:
+        for migration in load_series(Series.LEGACY):
+            async with conn.transaction():
+                for statement in split_statements(migration.sql):
+                    await conn.execute(statement)
+                if migration.idx >= 2:
+                    await conn.execute(
+                        "INSERT INTO migration (_id, name, applied)"
+                        " VALUES ($1, $2, clock_timestamp())",
+                        migration.idx,
+                        migration.name,
+                    )
+        await conn.execute(
+            "INSERT INTO organization (organization_id, bootstrap_token) VALUES ('Org', 't')"
+        )
+        root_key = SigningKey.generate()
+        now = DateTime(T0)
+        devices = []
+        for n in range(args.organizations * args.users_per_org):
+            verify_key = SigningKey.generate().verify_key
+            certificate, redacted = device_certificates(
+                root_key, None, now, f"u{n}@dev1", None, verify_key
+            )
+            devices.append((n + 1, f"u{n}@dev1", certificate, redacted, bytes(verify_key)))
+        await conn.copy_records_to_table(
+            "user_",
+            records=[(n, 1, f"u{n - 1}", b"c", b"c", T0, "ADMIN") for n, *_ in devices],
+            columns=(
+                "_id",
+                "organization",
+                "user_id",
+                "user_certificate",
+                "redacted_user_certificate",
+                "created_on",
+                "profile",
+            ),
+        )
+        await conn.copy_records_to_table(
+            "device",
+            records=[(n, 1, n, d, c, r, k, T0) for n, d, c, r, k in devices],
+            columns=(
+                "_id",
+                "organization",
+                "user_",
+                "device_id",
+                "device_certificate",
+                "redacted_device_certificate",
+                "verify_key",
+                "created_on",
+            ),
+        )
+        for table in ("user_", "device"):
+            await conn.execute(
+                "SELECT setval(pg_get_serial_sequence($1, '_id'), $2)", table, len(devices)
+            )
+        realms = args.organizations * args.realms_per_org
+        await conn.execute(_FILL_LEGACY.format(realms=realms, vlobs=args.vlobs, blocks=args.blocks))
+        await conn.execute("VACUUM ANALYZE")
+
+
+async def legacy_counts(url: str) -> dict[str, int]:
+    async with connected(url) as conn:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in LEGACY_COUNTED}
+
+
+async def legacy_main_async(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    """--legacy: time the conversion of our previous layout by our `migrate`."""
+    name = f"size_{secrets.token_hex(4)}"
+    url = database_url(args.postgresql_url, name)
+    checks = Checks()
+    total = Clock()
+    say(f"database {name} on {urlsplit(args.postgresql_url).hostname} (previous layout)")
+    await create_database(args.postgresql_url, name)
+    try:
+        say("\n== schema and fill: our previous layout, legacy/0001..0005")
+        clock = Clock()
+        await fill_legacy(url, args)
+        fill_seconds = clock.elapsed()
+        size0, _ = await database_size_and_wal(url)
+        before = await legacy_counts(url)
+        async with connected(url) as conn:
+            keys = await conn.fetch("SELECT device_id, verify_key FROM device ORDER BY 1")
+        say(f"    filled in {fmt_duration(fill_seconds)}: database {fmt_bytes(size0)}")
+        say("    rows: " + ", ".join(f"{t} {n:,}" for t, n in before.items()))
+
+        conversion = Step("conversion", "our parsec backend migrate")
+        await run_step(conversion, [args.parsec, "backend", "migrate", "--db", url], url)
+        assert conversion.run is not None
+        checks.check(
+            conversion.run.returncode == 0 and CONVERTED_LINE in conversion.run.lines,
+            "conversion: migrate exits 0 and converts",
+        )
+        after = await legacy_counts(url)
+        checks.check(
+            after == before,
+            "conversion: row counts unchanged",
+            "; ".join(f"{t} {before[t]} -> {after[t]}" for t in before if before[t] != after[t]),
+        )
+        async with connected(url) as conn:
+            converted = await conn.fetch("SELECT device_id, verify_key FROM device ORDER BY 1")
+        checks.check(converted == keys, "conversion: every device keeps its verify_key")
+        say("\n== Parsec 2.0.0 `parsec backend migrate --dry-run` on the converted database")
+        ref = await run_command(
+            [args.reference_parsec, "backend", "migrate", "--db", url, "--dry-run"]
+        )
+        ok, detail = migrate_lines_ok(ref, ours=False)
+        checks.check(ok, "conversion: Parsec 2.0.0 finds nothing to apply", detail)
+
+        say("\n== figures")
+        say(
+            f"    database (previous layout): {args.vlobs:,} vlob versions, {args.blocks:,}"
+            f" blocks, {before['device']:,} devices, {before['message']:,} messages;"
+            f" {fmt_bytes(size0)}"
+        )
+        say(f"    fill: {fmt_duration(fill_seconds)}")
+        say(
+            f"    conversion + extras: {fmt_duration(conversion.run.seconds)},"
+            f" WAL (cluster) {fmt_bytes(conversion.wal_bytes)},"
+            f" database {fmt_bytes(conversion.db_size)}"
+        )
+        say(f"    total run: {fmt_duration(total.elapsed())}")
+        report.update(
+            {
+                "layout": "legacy",
+                "vlobs": args.vlobs,
+                "blocks": args.blocks,
+                "rows": before,
+                "database_bytes": size0,
+                "fill_seconds": fill_seconds,
+                "steps": [
+                    {
+                        "name": conversion.name,
+                        "command": conversion.command,
+                        "seconds": conversion.run.seconds,
+                        "returncode": conversion.run.returncode,
+                        "output": conversion.run.lines,
+                        "wal_bytes": conversion.wal_bytes,
+                        "database_bytes": conversion.db_size,
+                    }
+                ],
+                "failures": checks.failures,
+            }
+        )
+    finally:
+        if args.keep:
+            say(f"\nkept: {url}")
+        else:
+            await drop_database(args.postgresql_url, name)
+    if checks.failures:
+        say(f"\n{len(checks.failures)} check(s) failed: {'; '.join(checks.failures)}")
+        return 1
+    say("\nall checks passed")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1133,6 +1326,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the Parsec 2.0.0 `parsec` command",
     )
     parser.add_argument("--seed", type=int, default=2021)
+    parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help="instead, time our migrate on a database in our previous layout (conversion"
+        " to the Parsec 2.0.0 layout, then the extras)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.vlobs < 1 or args.blocks < 1 or args.organizations < 1:
@@ -1315,7 +1514,7 @@ async def main_async(args: argparse.Namespace, report: dict[str, Any]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report: dict[str, Any] = {}
-    status = asyncio.run(main_async(args, report))
+    status = asyncio.run((legacy_main_async if args.legacy else main_async)(args, report))
     if args.json and report:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return status

@@ -41,9 +41,14 @@ REFERENCE_FILE_NAMES = [
     "0004_invite.sql",
     "0005_redacted_certificates.sql",
 ]
-EXTRAS_FILE_NAMES = ["extras/0001_server_extras.sql"]
 ALREADY_APPLIED = [f"{name} (already applied)" for name in REFERENCE_FILE_NAMES]
 APPLIED = [f"{name} ✔" for name in REFERENCE_FILE_NAMES]
+# The extras are ours and grow with the server (`migrations/extras/`): read from the
+# package, so that a new extras file needs no change here.
+EXTRAS_FILE_NAMES = [m.file_name for m in load_series(Series.EXTRAS)]
+EXTRAS_ALREADY_APPLIED = [f"{name} (already applied)" for name in EXTRAS_FILE_NAMES]
+EXTRAS_APPLIED = [f"{name} ✔" for name in EXTRAS_FILE_NAMES]
+EXTRAS_REMOVED = [f"{name} removed ✔" for name in reversed(EXTRAS_FILE_NAMES)]
 NOW = datetime(2021, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 

@@ -26,6 +26,10 @@ from parsec_server.backend.storage.postgresql.schema.files import (
 from tests.backend.schema_helpers import (
     ALREADY_APPLIED,
     APPLIED,
+    EXTRAS_ALREADY_APPLIED,
+    EXTRAS_APPLIED,
+    EXTRAS_FILE_NAMES,
+    EXTRAS_REMOVED,
     build_ours,
     build_reference,
     catalog,
@@ -43,9 +47,6 @@ from tests.fixtures.postgresql import (
     drop_database,
     start_postgresql_cluster,
 )
-
-EXTRAS_APPLIED = "extras/0001_server_extras.sql ✔"
-EXTRAS_ALREADY = "extras/0001_server_extras.sql (already applied)"
 
 
 async def full_catalog(conn: asyncpg.Connection, *, ordered: bool = True) -> list[str]:
@@ -69,7 +70,10 @@ def test_migration_files_are_the_installation_guide_ones() -> None:
     ]
     assert [m.file_name for m in load_series(Series.REFERENCE)] == names
     assert [m.file_name for m in load_series(Series.LEGACY)] == [f"legacy/{n}" for n in names]
-    assert [m.file_name for m in load_series(Series.EXTRAS)] == ["extras/0001_server_extras.sql"]
+    # Ours, numbered on their own (one file per feature that needs storage)
+    extras = [m.file_name for m in load_series(Series.EXTRAS)]
+    assert extras[0] == "extras/0001_server_extras.sql"
+    assert all(name.startswith("extras/") for name in extras)
     assert [m.name for m in load_series(Series.REFERENCE)] == [
         "initial",
         "add_migration_table",
@@ -142,7 +146,7 @@ async def test_reference_database_at_any_level_is_taken_over(
     async with connect(empty_postgresql_url) as conn:
         await build_reference(conn, level)
         report = await migrate(conn)
-        assert report.lines == ALREADY_APPLIED[:level] + APPLIED[level:] + [EXTRAS_APPLIED]
+        assert report.lines == ALREADY_APPLIED[:level] + APPLIED[level:] + EXTRAS_APPLIED
         assert report.changed
         assert await catalog(conn) == await full_catalog(conn)
         assert await check_migrations_applied(conn) is None
@@ -154,7 +158,7 @@ async def test_reference_database_at_any_level_is_taken_over(
             (5, "redacted_certificates"),
         ]
         again = await migrate(conn)
-        assert again.lines == [*ALREADY_APPLIED, EXTRAS_ALREADY]
+        assert again.lines == [*ALREADY_APPLIED, *EXTRAS_ALREADY_APPLIED]
         assert not again.changed
 
     # Parsec 2.0.0 reads its level from the latest `applied`: nothing left to apply
@@ -195,7 +199,7 @@ async def test_migrate_then_downgrade_gives_a_fresh_reference_database(
             await migrate(conn)
             report = await downgrade(conn)
             assert report.lines == [
-                "extras/0001_server_extras.sql removed ✔",
+                *EXTRAS_REMOVED,
                 "Database handed back: Parsec 2.0.0 schema, 0005_redacted_certificates",
             ]
             async with connect(fresh_url) as fresh:
@@ -214,7 +218,7 @@ async def test_migrate_then_downgrade_gives_a_fresh_reference_database(
         # And taken over again
         async with connect(empty_postgresql_url) as conn:
             report = await migrate(conn)
-            assert report.lines == [*ALREADY_APPLIED, EXTRAS_APPLIED]
+            assert report.lines == [*ALREADY_APPLIED, *EXTRAS_APPLIED]
             # device.verify_key comes back after the dropped one: positions differ
             assert await catalog(conn, ordered=False) == await full_catalog(conn, ordered=False)
     finally:
@@ -226,9 +230,9 @@ async def test_downgrade_drops_every_ext_object_whichever_file_created_it(
 ) -> None:
     async with connect(empty_postgresql_url) as conn:
         await migrate(conn)
-        # As a later extras file would (another engineer's ext_user_frozen, ...)
+        # As a later extras file would (objects no extras file of ours creates)
         await conn.execute(
-            "CREATE TABLE ext_user_frozen (user_ INTEGER PRIMARY KEY REFERENCES user_ (_id));"
+            "CREATE TABLE ext_user_note (user_ INTEGER PRIMARY KEY REFERENCES user_ (_id));"
             "CREATE INDEX ext_block_size_idx ON block (size);"
             "CREATE TYPE ext_state AS ENUM ('a');"
             "CREATE SEQUENCE ext_counter;"
@@ -329,7 +333,7 @@ async def test_dry_run_changes_nothing(empty_postgresql_url: str) -> None:
 
         report = await migrate(conn, dry_run=True)
 
-        assert report.lines == [*ALREADY_APPLIED[:3], *APPLIED[3:], EXTRAS_APPLIED]
+        assert report.lines == [*ALREADY_APPLIED[:3], *APPLIED[3:], *EXTRAS_APPLIED]
         assert not report.changed
         assert await catalog(conn) == before_catalog
         assert await data_snapshot(conn) == before_data
@@ -341,11 +345,11 @@ async def test_concurrent_migrates_apply_each_migration_once(empty_postgresql_ur
         assert sorted(r.changed for r in reports) == [False, True]
         lines = sorted((r.lines for r in reports), key=lambda lines: lines[0])
         assert lines == [
-            [*ALREADY_APPLIED, EXTRAS_ALREADY],
-            [*APPLIED, EXTRAS_APPLIED],
+            [*ALREADY_APPLIED, *EXTRAS_ALREADY_APPLIED],
+            [*APPLIED, *EXTRAS_APPLIED],
         ]
         assert await one.fetchval("SELECT count(*) FROM migration") == 4
-        assert await one.fetchval("SELECT count(*) FROM ext_migration") == 1
+        assert await one.fetchval("SELECT count(*) FROM ext_migration") == len(EXTRAS_FILE_NAMES)
 
 
 async def test_other_connections_make_migrate_refuse_unless_forced(
@@ -376,7 +380,7 @@ async def test_an_up_to_date_database_in_use_is_not_refused(empty_postgresql_url
         await migrate(conn)
         async with connect(empty_postgresql_url, "parsec-server"):
             report = await migrate(conn)
-    assert report.lines == [*ALREADY_APPLIED, EXTRAS_ALREADY]
+    assert report.lines == [*ALREADY_APPLIED, *EXTRAS_ALREADY_APPLIED]
 
 
 # --- Start-up check ------------------------------------------------------------------------
@@ -388,19 +392,22 @@ async def test_check_migrations_applied_names_the_fix(empty_postgresql_url: str)
             "Database has no Parsec schema: run `parsec backend migrate`"
         )
         await build_reference(conn, 3)
+        extras = len(EXTRAS_FILE_NAMES)
         assert await check_migrations_applied(conn) == (
             "Database is not up to date (Parsec 2.0.0 layout at level 3 of 5, server extras "
-            "at level 0 of 1): run `parsec backend migrate`"
+            f"at level 0 of {extras}): run `parsec backend migrate`"
         )
         await migrate(conn)
         assert await check_migrations_applied(conn) is None
-        await conn.execute("INSERT INTO ext_migration VALUES (2, 'future', now())")
+        future = extras + 1
+        await conn.execute(f"INSERT INTO ext_migration VALUES ({future}, 'future', now())")
         assert await check_migrations_applied(conn) == (
             "Database was migrated by a newer version of parsec-server "
-            "(migration extras/0002_future): upgrade parsec-server"
+            f"(migration extras/{future:04d}_future): upgrade parsec-server"
         )
         await conn.execute(
-            "DELETE FROM ext_migration WHERE _id = 2;INSERT INTO migration VALUES (6, 'xyz', now())"
+            f"DELETE FROM ext_migration WHERE _id = {future};"
+            "INSERT INTO migration VALUES (6, 'xyz', now())"
         )
         assert await check_migrations_applied(conn) == (
             "Database was migrated by a newer or unknown version (migration 0006_xyz): "
@@ -438,7 +445,7 @@ async def test_self_started_cluster_can_be_migrated_and_is_removed() -> None:
         url = await create_empty_database(server_url)
         async with connect(url) as conn:
             report = await migrate(conn)
-            assert report.lines == [*APPLIED, EXTRAS_APPLIED]
+            assert report.lines == [*APPLIED, *EXTRAS_APPLIED]
         await drop_database(server_url, url)
         async with connect(server_url) as conn:
             data_dir = Path(await conn.fetchval("SHOW data_directory"))

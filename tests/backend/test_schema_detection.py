@@ -14,14 +14,14 @@ from parsec_server.backend.storage.postgresql.migrations import (
 from tests.backend.schema_helpers import (
     ALREADY_APPLIED,
     APPLIED,
+    EXTRAS_APPLIED,
+    EXTRAS_FILE_NAMES,
     build_ours,
     build_reference,
     catalog,
     connect,
     data_snapshot,
 )
-
-EXTRAS_APPLIED = "extras/0001_server_extras.sql ✔"
 
 
 async def assert_refused(url: str, setup: str | None, message: str, *, level: int = 5) -> None:
@@ -46,7 +46,7 @@ async def test_foreign_tables_are_left_untouched_and_noted(empty_postgresql_url:
             "INSERT INTO wiki_page (body) VALUES ('hello')"
         )
         report = await migrate(conn)
-        assert report.lines == [*APPLIED, EXTRAS_APPLIED]
+        assert report.lines == [*APPLIED, *EXTRAS_APPLIED]
         assert report.notes == ["not managed by Parsec, left untouched: table wiki_page"]
 
         await downgrade(conn)
@@ -133,11 +133,13 @@ async def test_reference_database_that_is_not_what_it_claims_is_refused(
 async def test_newer_extras_are_refused(empty_postgresql_url: str) -> None:
     async with connect(empty_postgresql_url) as conn:
         await migrate(conn)
-        await conn.execute("INSERT INTO ext_migration VALUES (2, 'future', now())")
+        future = len(EXTRAS_FILE_NAMES) + 1
+        await conn.execute(f"INSERT INTO ext_migration VALUES ({future}, 'future', now())")
         with pytest.raises(SchemaError) as error:
             await migrate(conn)
         assert str(error.value) == (
-            "Database was migrated by a newer or unknown version (migration extras/0002_future)"
+            "Database was migrated by a newer or unknown version "
+            f"(migration extras/{future:04d}_future)"
         )
         with pytest.raises(SchemaError):
             await downgrade(conn)
@@ -171,7 +173,7 @@ async def test_missing_extras_object_is_refused_naming_it(empty_postgresql_url: 
             await migrate(conn)
         assert str(error.value) == (
             "Database does not match the Parsec 2.0.0 layout at level 5 with the server "
-            "extras at level 1: missing index ext_vlob_atom_vlob_idx"
+            f"extras at level {len(EXTRAS_FILE_NAMES)}: missing index ext_vlob_atom_vlob_idx"
         )
         with pytest.raises(SchemaError, match="missing index ext_vlob_atom_vlob_idx"):
             await downgrade(conn)
@@ -192,7 +194,7 @@ async def test_reference_at_level_1_without_migration_table(empty_postgresql_url
     async with connect(empty_postgresql_url) as conn:
         await build_reference(conn, 1)
         report = await migrate(conn, dry_run=True)
-    assert report.lines == [ALREADY_APPLIED[0], *APPLIED[1:], EXTRAS_APPLIED]
+    assert report.lines == [ALREADY_APPLIED[0], *APPLIED[1:], *EXTRAS_APPLIED]
 
 
 async def test_a_bigint_sequence_of_an_upgraded_cluster_is_accepted(
@@ -203,4 +205,4 @@ async def test_a_bigint_sequence_of_an_upgraded_cluster_is_accepted(
         await build_reference(conn, 5)
         await conn.execute("ALTER SEQUENCE vlob_atom__id_seq AS bigint")
         report = await migrate(conn)
-    assert report.lines == [*ALREADY_APPLIED, EXTRAS_APPLIED]
+    assert report.lines == [*ALREADY_APPLIED, *EXTRAS_APPLIED]

@@ -18,6 +18,7 @@ from parsec_server.backend.storage.postgresql.schema.catalog import expected_cat
 from parsec_server.backend.storage.postgresql.schema.files import load_series
 from tests.backend.schema_helpers import (
     ALREADY_APPLIED,
+    EXTRAS_APPLIED,
     LegacyData,
     build_ours,
     catalog,
@@ -107,7 +108,7 @@ async def test_legacy_database_at_any_level_is_converted(
             *ALREADY_APPLIED[:level],
             *[f"{name} ✔" for name in LEGACY[level:]],
             "legacy/to_reference.sql ✔",
-            "extras/0001_server_extras.sql ✔",
+            *EXTRAS_APPLIED,
         ]
         assert report.lines == [*expected_lines, "converted from the previous parsec-server layout"]
         assert dry.lines == [

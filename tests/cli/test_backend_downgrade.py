@@ -16,6 +16,7 @@ from parsec_server.cli.backend_downgrade import downgrade
 from parsec_server.cli.main import cli
 from tests.backend.schema_helpers import (
     ALREADY_APPLIED,
+    EXTRAS_REMOVED,
     build_reference,
     catalog,
     connect,
@@ -28,10 +29,11 @@ from tests.fixtures.postgresql import run_async
 PARSEC = str(Path(sys.executable).parent / "parsec")
 STEP_TIMEOUT = 60.0
 
+EXTRAS_REMOVED_OUTPUT = "".join(f"{line}\n" for line in EXTRAS_REMOVED)
 HANDED_BACK = (
     "Downgrade ✔\n"
-    "extras/0001_server_extras.sql removed ✔\n"
-    "Database handed back: Parsec 2.0.0 schema, 0005_redacted_certificates\n"
+    + EXTRAS_REMOVED_OUTPUT
+    + "Database handed back: Parsec 2.0.0 schema, 0005_redacted_certificates\n"
 )
 
 
@@ -54,7 +56,7 @@ def test_downgrade_is_a_backend_command(runner: CliRunner, empty_postgresql_url:
 
     dry = runner.invoke(cli, ["backend", "downgrade", "--db", empty_postgresql_url, "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert dry.stdout.startswith("Downgrade ✔\nextras/0001_server_extras.sql removed ✔\n  DROP ")
+    assert dry.stdout.startswith(f"Downgrade ✔\n{EXTRAS_REMOVED_OUTPUT}  DROP ")
     assert dry.stdout.endswith(
         "Database would be handed back: Parsec 2.0.0 schema, 0005_redacted_certificates\n"
         "Dry run: nothing was changed\n"

@@ -21,20 +21,23 @@ from parsec_server.backend.storage.sqlite.migrations import (
 )
 from parsec_server.backend.storage.sqlite.migrations import migrate_file
 from parsec_server.cli.backend_migrate import migrate
-from tests.backend.schema_helpers import build_reference, catalog, connect, data_snapshot
+from tests.backend.schema_helpers import (
+    EXTRAS_FILE_NAMES,
+    REFERENCE_FILE_NAMES,
+    build_reference,
+    catalog,
+    connect,
+    data_snapshot,
+)
 from tests.fixtures.postgresql import run_async
 
-FILE_NAMES = [
-    "0001_initial.sql",
-    "0002_add_migration_table.sql",
-    "0003_human_handle.sql",
-    "0004_invite.sql",
-    "0005_redacted_certificates.sql",
-]
-EXTRAS = "extras/0001_server_extras.sql"
-FIRST_RUN_OUTPUT = "Migrate ✔\n" + "".join(f"{name} ✔\n" for name in [*FILE_NAMES, EXTRAS])
+FILE_NAMES = REFERENCE_FILE_NAMES
+EXTRAS_OUTPUT = "".join(f"{name} ✔\n" for name in EXTRAS_FILE_NAMES)
+FIRST_RUN_OUTPUT = "Migrate ✔\n" + "".join(
+    f"{name} ✔\n" for name in [*FILE_NAMES, *EXTRAS_FILE_NAMES]
+)
 SECOND_RUN_OUTPUT = "Migrate ✔\n" + "".join(
-    f"{name} (already applied)\n" for name in [*FILE_NAMES, EXTRAS]
+    f"{name} (already applied)\n" for name in [*FILE_NAMES, *EXTRAS_FILE_NAMES]
 )
 DRY_RUN_OUTPUT = FIRST_RUN_OUTPUT + "Dry run: nothing was changed\n"
 
@@ -139,7 +142,7 @@ def test_migrate_dry_run_of_a_takeover_changes_neither_schema_nor_data(
         "Migrate ✔\n"
         + "".join(f"{name} (already applied)\n" for name in FILE_NAMES[:4])
         + "0005_redacted_certificates.sql ✔\n"
-        + f"{EXTRAS} ✔\n"
+        + EXTRAS_OUTPUT
         + "Dry run: nothing was changed\n"
     )
     assert run_async(state()) == before

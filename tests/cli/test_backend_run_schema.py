@@ -12,11 +12,17 @@ from pathlib import Path
 import pytest
 
 from parsec_server.backend.storage.postgresql.migrations import Series, migrate
-from tests.backend.schema_helpers import build_ours, build_reference, connect
+from tests.backend.schema_helpers import (
+    EXTRAS_FILE_NAMES,
+    build_ours,
+    build_reference,
+    connect,
+)
 from tests.fixtures import free_port
 from tests.fixtures.postgresql import run_async
 
 PARSEC = str(Path(sys.executable).parent / "parsec")
+EXTRAS_LEVELS = len(EXTRAS_FILE_NAMES)
 
 
 def run_server(db_url: str, port: int) -> subprocess.CompletedProcess[str]:
@@ -77,12 +83,12 @@ async def newer(url: str) -> None:
         (
             reference_3,
             "Error: Database is not up to date (Parsec 2.0.0 layout at level 3 of 5, server "
-            "extras at level 0 of 1): run `parsec backend migrate`",
+            f"extras at level 0 of {EXTRAS_LEVELS}): run `parsec backend migrate`",
         ),
         (
             reference_5,
             "Error: Database is not up to date (Parsec 2.0.0 layout at level 5 of 5, server "
-            "extras at level 0 of 1): run `parsec backend migrate`",
+            f"extras at level 0 of {EXTRAS_LEVELS}): run `parsec backend migrate`",
         ),
         (
             newer,

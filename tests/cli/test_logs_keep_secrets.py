@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from parsec_server.backend.config import SQLITE_PREFIX
 from parsec_server.client.connection import HandshakeRefused
 from parsec_server.client.device import LocalDevice
 from parsec_server.client.device_file import list_available_devices, load_device_with_password
@@ -91,7 +92,16 @@ class Server:
 async def start_server(db_url: str, log_file: Path, webhook: Webhook) -> Server:
     port = free_port()
     addr = f"parsec://127.0.0.1:{port}?no_ssl=true"
-    blockstore = "MOCKED" if db_url == "MOCKED" else "POSTGRESQL"
+    if db_url == "MOCKED":
+        blockstore = "MOCKED"
+    elif db_url.startswith(SQLITE_PREFIX):
+        # The PostgreSQL block store needs a PostgreSQL database: blocks in files beside
+        # the SQLite one, as --data-dir keeps them.
+        blocks = log_file.parent / "blocks"
+        blocks.mkdir(exist_ok=True)
+        blockstore = f"file:{blocks}"
+    else:
+        blockstore = "POSTGRESQL"
     process = await asyncio.create_subprocess_exec(
         our_parsec(),
         "backend",
@@ -115,7 +125,9 @@ async def start_server(db_url: str, log_file: Path, webhook: Webhook) -> Server:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
                 if process.returncode is not None:
-                    raise AssertionError("the server did not start") from None
+                    assert process.stderr is not None
+                    error = (await process.stderr.read()).decode()
+                    raise AssertionError(f"the server did not start: {error}") from None
                 await asyncio.sleep(0.1)
                 continue
             writer.close()

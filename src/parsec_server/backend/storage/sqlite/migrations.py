@@ -11,13 +11,13 @@ finds the migration recorded and skips it.
 from __future__ import annotations
 
 import enum
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from parsec_server.backend.storage.migration_files import load_numbered_files
 from parsec_server.backend.storage.sqlite.utils import now_timestamp
 
 __all__ = [
@@ -31,8 +31,6 @@ __all__ = [
     "migrate_command",
     "migrate_file",
 ]
-
-_FILE_NAME_PATTERN = re.compile(r"^(?P<idx>\d{4})_(?P<name>\w+)\.sql$")
 
 _SQL_HAS_MIGRATION_TABLE = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'migration'"
 _SQL_LAST_APPLIED = "SELECT COALESCE(max(_id), 0) FROM migration"
@@ -90,22 +88,10 @@ def load_migrations() -> list[Migration]:
     """The package's migrations, sorted by number; ValueError on a misnamed file, a
     duplicate number or a gap."""
     directory = files(__package__ or "parsec_server.backend.storage.sqlite") / "migrations"
-    migrations: dict[int, Migration] = {}
-    for entry in directory.iterdir():
-        if not entry.is_file() or not entry.name.endswith(".sql"):
-            continue
-        match = _FILE_NAME_PATTERN.match(entry.name)
-        if match is None:
-            raise ValueError(f"Invalid migration file name `{entry.name}` (expected NNNN_name.sql)")
-        idx = int(match.group("idx"))
-        if idx in migrations:
-            raise ValueError(f"Two migrations have the number {idx}")
-        migrations[idx] = Migration(
-            idx, match.group("name"), entry.name, entry.read_text(encoding="utf-8")
-        )
-    if sorted(migrations) != list(range(1, len(migrations) + 1)):
-        raise ValueError(f"Migration numbers must be 1..n without gap, got {sorted(migrations)}")
-    return [migrations[idx] for idx in sorted(migrations)]
+    return [
+        Migration(file.idx, file.name, file.file_name, file.sql)
+        for file in load_numbered_files(directory)
+    ]
 
 
 def get_last_applied_migration(conn: sqlite3.Connection) -> int:

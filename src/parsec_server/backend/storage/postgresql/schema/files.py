@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
+from parsec_server.backend.storage.migration_files import load_numbered_files
+
 __all__ = [
     "CONVERSION_FILE_NAME",
     "Migration",
@@ -27,7 +29,6 @@ __all__ = [
     "split_statements",
 ]
 
-_FILE_NAME_PATTERN = re.compile(r"^(?P<idx>\d{4})_(?P<name>\w+)\.sql$")
 CONVERSION_FILE_NAME = "to_reference.sql"
 
 
@@ -70,31 +71,17 @@ def load_series(series: Series, directory: Traversable | None = None) -> list[Mi
         directory = migrations_directory()
         if series.value:
             directory = directory / series.value
-    migrations: dict[int, Migration] = {}
-    for entry in directory.iterdir():
-        if not entry.is_file() or not entry.name.endswith(".sql"):
-            continue
-        if entry.name == CONVERSION_FILE_NAME and series is Series.LEGACY:
-            continue
-        match = _FILE_NAME_PATTERN.match(entry.name)
-        if match is None:
-            raise ValueError(f"Invalid migration file name `{entry.name}` (expected NNNN_name.sql)")
-        idx = int(match.group("idx"))
-        if idx in migrations:
-            raise ValueError(
-                f"Migrations `{migrations[idx].file_name}` and `{entry.name}` have the same number"
-            )
-        migrations[idx] = Migration(
-            idx=idx,
-            name=match.group("name"),
-            file_name=f"{series.prefix}{entry.name}",
-            sql=entry.read_text(encoding="utf-8"),
+    ignore = [CONVERSION_FILE_NAME] if series is Series.LEGACY else []
+    return [
+        Migration(
+            idx=file.idx,
+            name=file.name,
+            file_name=f"{series.prefix}{file.file_name}",
+            sql=file.sql,
             series=series,
         )
-    expected = list(range(1, len(migrations) + 1))
-    if sorted(migrations) != expected:
-        raise ValueError(f"Migration numbers must be 1..n without gap, got {sorted(migrations)}")
-    return [migrations[idx] for idx in expected]
+        for file in load_numbered_files(directory, ignore)
+    ]
 
 
 def conversion() -> Migration:
