@@ -28,6 +28,7 @@ from parsec_server.cli.core_admin_rest import (
     update_organization,
 )
 from parsec_server.cli.core_device import bootstrap_organization, list_devices
+from parsec_server.cli.core_files import download, history, ls, mkdir, mv, rm, upload
 from parsec_server.cli.core_invite import (
     cancel_invitation,
     claim_invitation,
@@ -35,6 +36,13 @@ from parsec_server.cli.core_invite import (
     invite_device,
     invite_user,
     list_invitations,
+)
+from parsec_server.cli.core_workspace import (
+    create_workspace,
+    list_users,
+    list_workspaces,
+    share_workspace,
+    status,
 )
 
 CMD_ARGS_ENVVAR = "PARSEC_CMD_ARGS"
@@ -101,3 +109,18 @@ core.add_command(list_invitations)
 core.add_command(cancel_invitation)
 core.add_command(greet_invitation)
 core.add_command(claim_invitation)
+for command in (
+    list_users,
+    create_workspace,
+    list_workspaces,
+    share_workspace,
+    status,
+    ls,
+    mkdir,
+    upload,
+    download,
+    rm,
+    mv,
+    history,
+):
+    core.add_command(command)

@@ -6,6 +6,7 @@ handshake refused, connection lost); lower layers' exceptions never leak out.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ def _decode_map(raw: bytes, what: str) -> dict[str, Any]:
 class BackendConnection:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
+        # One command at a time: a reply is the answer to the request sent just before.
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, addr: BackendAddr, auth: Auth) -> BackendConnection:
@@ -179,8 +182,9 @@ class BackendConnection:
 
     async def send_raw(self, data: bytes) -> dict[str, Any]:
         """Send an already encoded frame, return the decoded reply (tests use it)."""
-        await self._send_raw(data)
-        return _decode_map(await self._recv(), "reply")
+        async with self._lock:
+            await self._send_raw(data)
+            return _decode_map(await self._recv(), "reply")
 
     async def cmd(self, cmd: str, **fields: Any) -> dict[str, Any]:
         return await self.send_raw(codec.encode({"cmd": cmd, **fields}))
