@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 import click
 
 from parsec_server.api.codec import DateTime
+from parsec_server.cli.client_common import resolve_config_dir
 from parsec_server.cli.workspace_common import SessionArgs, run_session, session_options
+from parsec_server.client.device import LocalDevice, slughash
 from parsec_server.client.files import EntryInfo, Workspace
 from parsec_server.client.fs_errors import FSError
 from parsec_server.client.manifests import FileManifest, FolderManifest, WorkspaceManifest
@@ -46,13 +48,24 @@ def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> Date
     return DateTime(parsed if parsed.tzinfo else parsed.astimezone())
 
 
+def journal_dir(config_dir: Path, device: LocalDevice) -> Path:
+    """Where the device's upload journals are (client/upload_journal.py)."""
+    return config_dir / "uploads" / slughash(device.slug)
+
+
 @asynccontextmanager
 async def _workspace(
-    session: Session, path: RemotePath, parallel: int = DEFAULT_PARALLEL
+    session: Session, path: RemotePath, parallel: int, journals: Path
 ) -> AsyncIterator[Workspace]:
     entry = await session.workspace_entry(path.workspace)
     async with ConnectionPool(session.device, parallel, first=session.conn) as pool:
-        yield Workspace(session, entry, pool, parallel=parallel)
+        yield Workspace(
+            session,
+            entry,
+            pool,
+            parallel=parallel,
+            journal_dir=journal_dir(journals, session.device),
+        )
 
 
 def _on_workspace(
@@ -61,8 +74,10 @@ def _on_workspace(
     main: Callable[[Workspace], Awaitable[T]],
     parallel: int = DEFAULT_PARALLEL,
 ) -> T:
+    config_dir = resolve_config_dir(args.config_dir)
+
     async def run(session: Session) -> T:
-        async with _workspace(session, path, parallel) as workspace:
+        async with _workspace(session, path, parallel, config_dir) as workspace:
             return await main(workspace)
 
     return run_session(args, run)
@@ -133,18 +148,22 @@ def _local_size(local: Path) -> int:
 def upload(local: Path, path: RemotePath, parallel: int, **kwargs: Any) -> None:
     """Upload LOCAL (a file or a whole folder) to REMOTE (/WORKSPACE/path), which it
     becomes: a new version of an existing file, merged into an existing folder; a file
-    given an existing folder goes inside it. On the server when the command returns."""
+    given an existing folder goes inside it. On the server when the command returns.
+    Run again after an interruption, it skips the blocks already stored (journal kept,
+    encrypted, in the configuration folder's `uploads` until the upload completes)."""
     args = SessionArgs(**kwargs)
     total = _local_size(local)
 
-    async def main(workspace: Workspace) -> None:
+    async def main(workspace: Workspace) -> int:
         with args.output.progress(f"Uploading {local.name}", total) as progress:
             await workspace.upload(local, path.parts, progress)
+        return workspace.skipped_blocks
 
-    _on_workspace(args, path, main, parallel)
+    skipped = _on_workspace(args, path, main, parallel)
+    resumed = f", {skipped} blocks already stored" if skipped else ""
     args.output.result(
-        {"local": str(local), "remote": str(path), "bytes": total},
-        [] if args.quiet else [f"Uploaded {local} to {path} ({total} bytes)"],
+        {"local": str(local), "remote": str(path), "bytes": total, "skipped_blocks": skipped},
+        [] if args.quiet else [f"Uploaded {local} to {path} ({total} bytes{resumed})"],
     )
 
 

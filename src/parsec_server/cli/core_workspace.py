@@ -12,9 +12,17 @@ from parsec_server.cli.workspace_common import SessionArgs, run_session, session
 from parsec_server.client.directory import UserInfo
 from parsec_server.client.directory import list_users as fetch_users
 from parsec_server.client.fs_errors import FSError, FSNotFoundError
+from parsec_server.client.reencryption import reencrypt_workspace as reencrypt
 from parsec_server.client.workspaces import Session
 
-__all__ = ["create_workspace", "list_users", "list_workspaces", "share_workspace", "status"]
+__all__ = [
+    "create_workspace",
+    "list_users",
+    "list_workspaces",
+    "reencrypt_workspace",
+    "share_workspace",
+    "status",
+]
 
 _ROLES = [role.value for role in RealmRole] + ["NONE"]
 
@@ -119,6 +127,41 @@ def share_workspace(workspace: str, user: str, role: str, **kwargs: Any) -> None
     args.output.result(
         {"workspace": workspace, "user": user, "role": new_role.value if new_role else None},
         [f"{display} now has {shown} in `{workspace}`"],
+    )
+
+
+@click.command("reencrypt_workspace", short_help="Re-encrypt a workspace with a new key")
+@session_options
+@click.argument("workspace")
+def reencrypt_workspace(workspace: str, **kwargs: Any) -> None:
+    """Re-encrypt WORKSPACE (name or id) with a new key, as after removing someone's
+    access: every user having a role receives the new key. Owners only."""
+    args = SessionArgs(**kwargs)
+
+    async def main(session: Session) -> dict[str, Any]:
+        entry = await session.workspace_entry(workspace)
+        seen = 0
+        with args.output.progress(f"Re-encrypting {entry.name}", None, unit=" versions") as advance:
+
+            def progress(done: int, _total: int) -> None:
+                nonlocal seen
+                advance(done - seen)
+                seen = done
+
+            done = await reencrypt(session, entry, progress=progress)
+        return {
+            "workspace": entry.id.hex,
+            "encryption_revision": done.encryption_revision,
+            "versions": done.vlobs,
+        }
+
+    info = run_session(args, main)
+    args.output.result(
+        info,
+        [
+            f"Workspace `{workspace}` re-encrypted: revision {info['encryption_revision']}, "
+            f"{info['versions']} manifest versions"
+        ],
     )
 
 

@@ -41,6 +41,7 @@ from parsec_server.cli.core_workspace import (
     create_workspace,
     list_users,
     list_workspaces,
+    reencrypt_workspace,
     share_workspace,
     status,
 )
@@ -114,6 +115,7 @@ for command in (
     create_workspace,
     list_workspaces,
     share_workspace,
+    reencrypt_workspace,
     status,
     ls,
     mkdir,

@@ -48,14 +48,17 @@ class Output:
             click.echo(line)
 
     @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        """A bar on stderr, only when it is a terminal and neither --quiet nor --json."""
+    def progress(
+        self, description: str, total: int | None, unit: str = "B"
+    ) -> Iterator[Callable[[int], None]]:
+        """A bar on stderr, only when it is a terminal and neither --quiet nor --json;
+        counting bytes (`unit="B"`, scaled) or other things."""
         disabled = self.quiet or self.as_json or not sys.stderr.isatty()
         bar = tqdm(
             desc=description,
             total=total,
-            unit="B",
-            unit_scale=True,
+            unit=unit,
+            unit_scale=unit == "B",
             unit_divisor=1024,
             disable=disabled,
             file=sys.stderr,

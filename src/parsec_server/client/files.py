@@ -24,7 +24,7 @@ from typing import BinaryIO
 import msgspec
 
 from parsec_server.api.codec import ID, DateTime
-from parsec_server.client.blocks import decrypt_block, encrypt_block, new_block_access
+from parsec_server.client.blocks import decrypt_block, encrypt_block, matches, new_block_access
 from parsec_server.client.directory import TrustError
 from parsec_server.client.fs_errors import (
     FSConflictError,
@@ -51,6 +51,7 @@ from parsec_server.client.manifests import (
 from parsec_server.client.organization import CommandFailed
 from parsec_server.client.pool import ConnectionPool
 from parsec_server.client.signed_data import DataError
+from parsec_server.client.upload_journal import UploadJournal
 from parsec_server.client.workspaces import Session
 
 Folderish = WorkspaceManifest | FolderManifest
@@ -137,7 +138,9 @@ def _local_error(path: Path, exc: OSError) -> LocalIOError:
 
 
 class Workspace:
-    """One workspace of the session's device. Transfers of blocks go through `pool`."""
+    """One workspace of the session's device. Transfers of blocks go through `pool`.
+    With `journal_dir`, uploads record the blocks they store there (upload_journal.py),
+    and an upload run again after an interruption skips them."""
 
     def __init__(
         self,
@@ -146,12 +149,16 @@ class Workspace:
         pool: ConnectionPool,
         parallel: int = 4,
         blocksize: int = DEFAULT_BLOCKSIZE,
+        journal_dir: Path | None = None,
     ) -> None:
         self.session = session
         self.entry = entry
         self.pool = pool
         self.parallel = parallel
         self.blocksize = blocksize
+        self.journal_dir = journal_dir
+        self._journals: list[UploadJournal] = []  # of the upload running
+        self.skipped_blocks = 0  # found in a journal, not uploaded again
 
     @property
     def id(self) -> ID:
@@ -384,27 +391,47 @@ class Workspace:
         self, local: Path, progress: Progress
     ) -> tuple[int, tuple[BlockAccess, ...]]:
         """Cut the local file into blocks and store them, `parallel` at a time (memory:
-        about 2 x parallel blocks); returns the size and the blocks."""
+        about 2 x parallel blocks); returns the size and the blocks. Blocks the journal
+        of this local file records as stored (same size and digest) are not sent again."""
         accesses: list[BlockAccess] = []
         queue: asyncio.Queue[tuple[BlockAccess, bytes] | None] = asyncio.Queue(self.parallel)
+        journal = await self._journal(local)
+        stored = await asyncio.to_thread(journal.load) if journal is not None else {}
 
         async def send() -> None:
             while (item := await queue.get()) is not None:
                 await self._create_block(*item)
+                if journal is not None:
+                    await asyncio.to_thread(journal.record, item[0])
                 progress(item[0].size)
 
+        read_error: LocalIOError | None = None
+
         async def read() -> None:
+            # A local read error lets the blocks already read be stored (and journaled)
+            # before it is raised: the upload run again skips them.
+            nonlocal read_error
             offset = 0
             try:
                 with local.open("rb") as stream:
                     while data := await asyncio.to_thread(_read_exactly, stream, self.blocksize):
+                        previous = stored.get(offset)
+                        if previous is not None and await asyncio.to_thread(
+                            matches, previous, data
+                        ):
+                            accesses.append(previous)
+                            self.skipped_blocks += 1
+                            progress(len(data))
+                            offset += len(data)
+                            continue
                         access = new_block_access(data, offset)
                         ciphertext = await asyncio.to_thread(encrypt_block, access, data)
                         accesses.append(access)
                         await queue.put((access, ciphertext))
                         offset += len(data)
             except OSError as exc:
-                raise _local_error(local, exc) from exc
+                read_error = _local_error(local, exc)
+                read_error.__cause__ = exc
             for _ in range(self.parallel):
                 await queue.put(None)
 
@@ -415,7 +442,26 @@ class Workspace:
                     group.create_task(send())
         except BaseExceptionGroup as group_exc:
             raise group_exc.exceptions[0] from None
+        if read_error is not None:
+            raise read_error
         return sum(a.size for a in accesses), tuple(accesses)
+
+    async def _journal(self, local: Path) -> UploadJournal | None:
+        if self.journal_dir is None:
+            return None
+        try:
+            journal = await asyncio.to_thread(
+                UploadJournal.for_file,
+                self.journal_dir,
+                self.session.device.local_symkey,
+                self.id,
+                local,
+                self.blocksize,
+            )
+        except OSError as exc:
+            raise _local_error(local, exc) from exc
+        self._journals.append(journal)
+        return journal
 
     # --- upload -------------------------------------------------------------------------
 
@@ -513,9 +559,16 @@ class Workspace:
         self, local: Path, parts: tuple[str, ...], progress: Progress = _no_progress
     ) -> None:
         """`parts` becomes the local file or tree (a folder tree merges into an existing
-        folder; a file given an existing folder goes inside it)."""
+        folder; a file given an existing folder goes inside it). The journals of the
+        upload are removed once it is complete, kept when it fails."""
         if not await asyncio.to_thread(local.exists):
             raise LocalIOError(f"{local}: No such file or directory")
+        self._journals = []
+        await self._upload(local, parts, progress)
+        for journal in self._journals:
+            await asyncio.to_thread(journal.remove)
+
+    async def _upload(self, local: Path, parts: tuple[str, ...], progress: Progress) -> None:
         try:
             target = await self.resolve(parts)
         except FSNotFoundError:
