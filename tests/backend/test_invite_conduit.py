@@ -18,6 +18,7 @@ from parsec_server.backend.invite_conduit import (
 
 STEP_1 = ConduitState.STATE_1_WAIT_PEERS
 STEP_2_1 = ConduitState.STATE_2_1_CLAIMER_HASHED_NONCE
+STEP_4 = ConduitState.STATE_4_COMMUNICATE
 G, K, K2 = b"G" * 32, b"K" * 32, b"2" * 32
 
 
@@ -76,3 +77,27 @@ def test_a_peer_replaced_after_step_1_is_still_invalid_state() -> None:
     """Only step 1 tolerates a change of peer: later, a change is a reset."""
     slots = ConduitSlots(STEP_2_1, b"", b"other")
     assert listen(slots, True, STEP_2_1, b"", b"hn") == (None, ConduitBadOutcome.INVALID_STATE)
+
+
+def test_claimer_leaving_right_after_the_last_exchange_leaves_the_greeter_its_reply() -> None:
+    """Step 4, the claimer first: it takes the greeter's payload, moves the conduit on and
+    closes its connection before the greeter (who arrived second) reads the conduit. The
+    exchange succeeded: the greeter still gets the claimer's payload, not `invalid_state`."""
+    slots, talked = talk(ConduitSlots(STEP_4, None, None), False, STEP_4, b"")
+    assert talked == Talked(None)
+    assert slots is not None
+    slots, talked = talk(slots, True, STEP_4, b"confirmation")
+    assert talked == Talked(b"")
+    assert slots is not None
+    moved, listened = listen(slots, False, STEP_4, b"", None)
+    assert (moved, listened) == (ConduitSlots(STEP_4, None, None), Listened(b"confirmation"))
+    assert moved is not None
+    assert claimer_left(moved, K) == (None, None)
+    assert listen(moved, True, STEP_4, b"confirmation", b"") == (None, Listened(b""))
+
+
+def test_claimer_leaving_between_two_steps_leaves_the_conduit_as_it_is() -> None:
+    for state in list(ConduitState)[1:]:
+        assert claimer_left(ConduitSlots(state, None, None), K) == (None, None)
+    # With a payload of the current step deposited, by either side: reset.
+    assert claimer_left(ConduitSlots(STEP_2_1, None, b"hn"), K) == (EMPTY_CONDUIT, None)

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import pytest
 import trustme
 
+from parsec_server.backend.storage.postgresql.schema.files import Series, load_series
 from tests.fixtures import free_port
 from tests.fixtures.postgresql import create_empty_database, drop_database, run_async
 
@@ -40,6 +41,8 @@ COMMAND_TIMEOUT = 60.0
 SERVER_START_TIMEOUT = 30.0
 SERVER_STOP_TIMEOUT = 10.0
 
+# Parsec 2.0.0's migrations, as its `parsec backend migrate` names them: fixed by the
+# reference, so written out here rather than read from our package.
 MIGRATIONS = (
     "0001_initial.sql",
     "0002_add_migration_table.sql",
@@ -47,6 +50,12 @@ MIGRATIONS = (
     "0004_invite.sql",
     "0005_redacted_certificates.sql",
 )
+# What our `migrate` applies after them: one line per file of the package's `extras/`
+# folder (`extras/0001_server_extras.sql`, ...), read from the package itself so that a new
+# extras file needs no change here.
+EXTRAS_MIGRATIONS = tuple(migration.file_name for migration in load_series(Series.EXTRAS))
+# Every line our `migrate` prints after its first, in order.
+OUR_MIGRATIONS = MIGRATIONS + EXTRAS_MIGRATIONS
 
 # Variables of the caller's environment that would change what a command does.
 _DROPPED_ENV_PREFIXES = ("PARSEC_", "XDG_", "PYTHON")
@@ -474,7 +483,7 @@ def _guide_server(
     env = guide_environment(database_url, port, token, tls, folder, **env_overrides)
     parsec = our_parsec()
     migrate = run_command([parsec, "backend", "migrate"], env, cwd=folder)
-    if migrate.returncode != 0 or any(f"{name} ✔" not in migrate.stdout for name in MIGRATIONS):
+    if migrate.returncode != 0 or any(f"{name} ✔" not in migrate.stdout for name in OUR_MIGRATIONS):
         pytest.fail(f"`parsec backend migrate` did not apply the migrations:\n{describe(migrate)}")
     process = ServerProcess(
         [parsec, "backend", "run"], env, folder, ready=accepts_tls(port, tls), cwd=folder

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.conftest import (
-    MIGRATIONS,
+    OUR_MIGRATIONS,
     BootstrappedOrganization,
     Cli,
     DevServer,
@@ -75,17 +75,21 @@ def admin_cli(request: pytest.FixtureRequest, reference_cli: Cli, our_cli: Cli) 
 # --- Database preparation -----------------------------------------------------------------
 
 
-def test_migrate_applies_the_five_migrations_then_finds_them_applied(
+def test_migrate_applies_the_five_migrations_and_our_extras_then_finds_them_applied(
     guide_server: GuideServer,
 ) -> None:
     lines = guide_server.migrate_result.stdout.splitlines()
     assert lines[0].endswith("✔"), describe(guide_server.migrate_result)
-    assert lines[1:] == [f"{name} ✔" for name in MIGRATIONS], describe(guide_server.migrate_result)
+    assert lines[1:] == [f"{name} ✔" for name in OUR_MIGRATIONS], describe(
+        guide_server.migrate_result
+    )
 
     again = run_command([our_parsec(), "backend", "migrate"], guide_server.env)
 
     assert again.returncode == 0, describe(again)
-    assert again.stdout.splitlines()[1:] == [f"{name} (already applied)" for name in MIGRATIONS]
+    assert again.stdout.splitlines()[1:] == [
+        f"{name} (already applied)" for name in OUR_MIGRATIONS
+    ], describe(again)
 
 
 # --- Administration commands --------------------------------------------------------------

@@ -136,9 +136,20 @@ def withdraw(
 def claimer_left(slots: ConduitSlots, claimer_key: bytes) -> tuple[ConduitSlots | None, None]:
     """A claimer connection that took part in the rendezvous (deposited `claimer_key` at
     step 1) has closed. At step 1 its key is withdrawn (a greeter waiting there keeps
-    waiting, for the next claimer). Past step 1 the exchange cannot go on without it: the
-    conduit is reset, as a reconnecting claimer's step 1 would do, and the greeter blocked
-    in a later step gets `invalid_state` ("peer reset") at once."""
+    waiting, for the next claimer). Past step 1, while a payload of the current step is
+    deposited, the exchange cannot go on without the claimer: the conduit is reset, as a
+    reconnecting claimer's step 1 would do, and the greeter blocked in that step gets
+    `invalid_state` ("peer reset") at once.
+
+    Between two steps (no payload deposited) the conduit is left as it is: the claimer's
+    last exchange completed, and the greeter, who arrived second in it, may not have read
+    the conduit yet. It returns once it sees the conduit moved on (`listen`); a reset
+    would make it answer `invalid_state` for an exchange that succeeded. That is how a
+    rendezvous ends: the claimer closes its connection as soon as it has the greeter's
+    last payload, often before the greeter's server task is woken (with PostgreSQL, by a
+    NOTIFY delivered after the claimer's commit)."""
     if slots.state is ConduitState.STATE_1_WAIT_PEERS:
         return withdraw(slots, False, ConduitState.STATE_1_WAIT_PEERS, claimer_key)
+    if slots.greeter_payload is None and slots.claimer_payload is None:
+        return None, None
     return EMPTY_CONDUIT, None
