@@ -374,6 +374,13 @@ class ServerProcess:
         self.start()
         return code
 
+    def kill(self, timeout: float = SERVER_STOP_TIMEOUT) -> int:
+        """`kill -9`: no chance to clean up or finish anything; returns the exit code."""
+        process, self._process = self._process, None
+        assert process is not None and process.poll() is None, "not running"
+        process.kill()
+        return process.wait(timeout=timeout)
+
 
 def accepts_tls(port: int, tls: TlsFiles) -> Callable[[], bool]:
     """Whether a TLS handshake with `localhost` (on 127.0.0.1:port) succeeds."""

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -273,7 +273,17 @@ def reference_s3_server(
 # --- Helpers --------------------------------------------------------------------------------
 
 
-def new_story(cli: Cli, server: GuideServer, folder: Path) -> Story:
+class OrganizationHost(Protocol):
+    """A server the administration commands reach (a `GuideServer`, or any other)."""
+
+    @property
+    def addr(self) -> str: ...
+
+    @property
+    def administration_token(self) -> str: ...
+
+
+def new_story(cli: Cli, server: OrganizationHost, folder: Path) -> Story:
     """Alice bootstraps a new organization (reference CLI) and welcomes Bob (reference
     library invitation). Neither a second device nor a third user is needed here."""
     name = new_organization_name()

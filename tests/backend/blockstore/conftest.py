@@ -9,6 +9,7 @@ Swift: see `swift_standin.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
@@ -32,6 +33,7 @@ from tests.fixtures import free_port
 REGION = "region1"
 ACCESS_KEY = "dummy-user"
 SECRET_KEY = "dummy-password"
+CLIENT_CLOSE_DELAY = 0.05  # seconds: see `MotoS3Server.client`
 SERVER_START_TIMEOUT = 15.0
 
 # Bounds small enough for fast tests of down or silent stores.
@@ -133,15 +135,21 @@ class MotoS3Server:
             secret=SECRET_KEY,
         )
 
-    def client(self) -> Any:
-        """An aiobotocore client (async context manager) to look inside the store."""
-        return _session().create_client(
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[Any]:
+        """An aiobotocore client to look inside the store. Once it is closed, the event
+        loop runs a moment longer: its TLS connections finish closing (otherwise, when
+        `asyncio.run` ends right after, a transport left unclosed warns when collected,
+        which fails whichever test is running then)."""
+        async with _session().create_client(
             "s3",
             region_name=REGION,
             endpoint_url=self.endpoint_url,
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
-        )
+        ) as client:
+            yield client
+        await asyncio.sleep(CLIENT_CLOSE_DELAY)
 
     async def create_bucket(self, bucket: str) -> None:
         async with self.client() as client:
