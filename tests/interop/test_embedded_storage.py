@@ -143,10 +143,7 @@ def block_files(blocks: Path) -> dict[str, bytes]:
 
 
 def objects(store: MotoS3Server, bucket: str) -> dict[str, bytes]:
-    async def get() -> dict[str, bytes]:
-        return {key: await store.get_object(bucket, key) for key in await store.keys(bucket)}
-
-    return run_bounded(get())
+    return run_bounded(store.objects(bucket))
 
 
 def database_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -342,11 +342,7 @@ async def recorded_blocks(database_url: str, organization: str) -> RecordedBlock
 
 
 def bucket_objects(store: MotoS3Server) -> dict[str, bytes]:
-    async def fetch() -> dict[str, bytes]:
-        keys = await store.keys(BUCKET)
-        return {key: await store.get_object(BUCKET, key) for key in keys}
-
-    return run_bounded(fetch())
+    return run_bounded(store.objects(BUCKET))
 
 
 def block_ids_of(keys: list[str], organization: str) -> set[str]:

@@ -33,7 +33,7 @@ from tests.fixtures import free_port
 REGION = "region1"
 ACCESS_KEY = "dummy-user"
 SECRET_KEY = "dummy-password"
-CLIENT_CLOSE_DELAY = 0.05  # seconds: see `MotoS3Server.client`
+CLIENT_CLOSE_DELAY = 0.1  # seconds: see `MotoS3Server.client`
 SERVER_START_TIMEOUT = 15.0
 
 # Bounds small enough for fast tests of down or silent stores.
@@ -176,6 +176,17 @@ class MotoS3Server:
         async with self.client() as client:
             response = await client.list_objects_v2(Bucket=bucket)
             return sorted(item["Key"] for item in response.get("Contents", []))
+
+    async def objects(self, bucket: str) -> dict[str, bytes]:
+        """Every object of the bucket (one client for all)."""
+        found = {}
+        async with self.client() as client:
+            response = await client.list_objects_v2(Bucket=bucket)
+            for item in response.get("Contents", []):
+                reply = await client.get_object(Bucket=bucket, Key=item["Key"])
+                async with reply["Body"] as body:
+                    found[item["Key"]] = await body.read()
+        return found
 
 
 MotoFactory = Callable[[int], list[MotoS3Server]]
