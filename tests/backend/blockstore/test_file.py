@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -183,14 +184,21 @@ async def test_unwritable_place_is_unavailable(store: FileBlockStore, tmp_path: 
     assert files_under(tmp_path) == [ORG]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-async def test_read_only_directory_is_unavailable(store: FileBlockStore, tmp_path: Path) -> None:
-    temporary = tmp_path / ".tmp"
-    temporary.chmod(0o500)
-    try:
-        assert await store.create(ORG, uuid.uuid4(), b"x") is BlockStoreBadOutcome.UNAVAILABLE
-    finally:
-        temporary.chmod(0o700)
+async def test_read_only_directory_is_unavailable(
+    store: FileBlockStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a read-only directory answers creating a file (chmod would not stop root, who
+    # runs CI): EACCES when the temporary file is created.
+    real_open = os.open
+
+    def refusing_open(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert await store.create(ORG, uuid.uuid4(), b"x") is BlockStoreBadOutcome.UNAVAILABLE
+    monkeypatch.undo()
     assert files_under(tmp_path) == []
 
 
