@@ -74,6 +74,10 @@ HANDSHAKE_TIMEOUT_CLOSE_CODE = 1008
 # Close code when the server shuts down: going away (the client reconnects, to another
 # server process if there is one).
 SHUTDOWN_CLOSE_CODE = 1001
+# A claimer whose invitation is deleted while one of its commands runs gets that command's
+# reply first (its last rendezvous step usually ends just as the greeter deletes the
+# invitation), then the close; at most this many seconds later in any case.
+INVITATION_DELETED_GRACE = 2.0
 
 
 class ClientConnection:
@@ -97,6 +101,10 @@ class ClientConnection:
         # something that may be abandoned (the client, an event, a peer).
         self._draining = False
         self._interruptible = False
+        # Between two requests (nothing to answer); `_close_after_reply` once asked to close
+        # when the command being run has been answered.
+        self._idle = False
+        self._close_after_reply = False
 
     # Called by the connection registry for every event of the connection's organization.
     def on_event(self, event: Event) -> None:
@@ -114,13 +122,20 @@ class ClientConnection:
         elif isinstance(client, InvitedClientContext) and (
             self._app.invite.closes_invited_connection(client, event)
         ):
-            self.request_close()
+            self._request_close_after_reply()
 
     def request_close(self, code: int = 1000) -> None:
         if self._task is not None and not self._close_requested:
             self._close_requested = True
             self._close_code = code
             self._task.cancel()
+
+    def _request_close_after_reply(self) -> None:
+        if self._idle or self._task is None:
+            self.request_close()
+            return
+        self._close_after_reply = True
+        asyncio.get_running_loop().call_later(INVITATION_DELETED_GRACE, self.request_close)
 
     def drain(self) -> None:
         """The server shuts down: close with 1001 at once if waiting (see the module's
@@ -205,13 +220,17 @@ class ClientConnection:
     async def _command_loop(self, table: CommandTable, client: ClientContext) -> None:
         next_frame: bytes | TextFrame | None = None
         while True:
+            if self._close_after_reply:
+                await self._ws.close(1000)
+                return
             if next_frame is None:
                 if self._draining:
                     await self._ws.close(SHUTDOWN_CLOSE_CODE)
                     return
                 self._interruptible = True  # waiting for the next request
+                self._idle = True
             frame = await self._receive_binary(next_frame)
-            self._interruptible = False
+            self._interruptible = self._idle = False
             next_frame = None
             if frame is None:
                 return
