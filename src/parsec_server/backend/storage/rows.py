@@ -12,8 +12,14 @@ from typing import Any, Protocol
 
 from parsec_server.api.certificates import DeviceCertificate, UserCertificate, unsecure_load
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import HumanHandle, RealmRole
-from parsec_server.backend.realm_types import WRITE_ROLES, RealmBadOutcome
+from parsec_server.api.ids import HumanHandle, RealmRole, UserProfile
+from parsec_server.backend.realm_types import (
+    WRITE_ROLES,
+    RealmBadOutcome,
+    RoleGrant,
+    can_change_role,
+    check_role_timestamp,
+)
 
 
 class Row(Protocol):
@@ -73,6 +79,39 @@ def access_refused(
     if encryption_revision is not None and encryption_revision != row["encryption_revision"]:
         return RealmBadOutcome.BAD_ENCRYPTION_REVISION
     return None
+
+
+def _role(value: str | None) -> RealmRole | None:
+    return None if value is None else RealmRole(value)
+
+
+def role_update_refused(
+    row: Row,
+    grant: RoleGrant,
+    subject_latest: DateTime | None,
+    author_latest: DateTime | None,
+) -> RealmBadOutcome | None:
+    """realm_update_roles' checks, in the memory storage's order, on a row selecting
+    `subject`, `subject_profile`, `realm`, `in_maintenance`, `existing_role` and
+    `author_role`; the subject's and the author's latest role timestamps in that realm are
+    given converted from the storage's form."""
+    if row["subject"] is None:
+        return RealmBadOutcome.USER_NOT_FOUND
+    if row["subject_profile"] == UserProfile.OUTSIDER.value and grant.role in (
+        RealmRole.OWNER,
+        RealmRole.MANAGER,
+    ):
+        return RealmBadOutcome.INCOMPATIBLE_PROFILE
+    if row["realm"] is None:
+        return RealmBadOutcome.REALM_NOT_FOUND
+    if row["in_maintenance"]:
+        return RealmBadOutcome.IN_MAINTENANCE
+    existing = _role(row["existing_role"])
+    if not can_change_role(_role(row["author_role"]), existing, grant.role):
+        return RealmBadOutcome.NOT_ALLOWED
+    if existing == grant.role:
+        return RealmBadOutcome.ALREADY_GRANTED
+    return check_role_timestamp(grant.granted_on, subject_latest, author_latest)
 
 
 def maintenance_refused(row: Row, encryption_revision: int) -> RealmBadOutcome | None:

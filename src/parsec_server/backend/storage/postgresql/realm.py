@@ -16,18 +16,17 @@ import uuid
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import RealmRole, UserProfile, user_id_of
+from parsec_server.api.ids import RealmRole, user_id_of
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.realm import BaseRealmComponent, RealmStats, RealmStatus
 from parsec_server.backend.realm_types import (
     NewMessage,
     RealmBadOutcome,
     RoleGrant,
-    can_change_role,
-    check_role_timestamp,
 )
 from parsec_server.backend.storage.postgresql.message import append_messages
 from parsec_server.backend.storage.postgresql.utils import to_datetime, to_db_datetime
+from parsec_server.backend.storage.rows import role_update_refused
 
 
 def sql_user(realm: str, user_id: str) -> str:
@@ -263,10 +262,6 @@ WHERE latest_grant.role IS NOT NULL
 """
 
 
-def _role(value: str | None) -> RealmRole | None:
-    return None if value is None else RealmRole(value)
-
-
 class PGRealmComponent(BaseRealmComponent):
     def __init__(self, pool: asyncpg.Pool, event_bus: EventBus) -> None:
         super().__init__(event_bus)
@@ -338,26 +333,8 @@ class PGRealmComponent(BaseRealmComponent):
                 user_id_of(grant.granted_by),
             )
             assert row is not None  # the caller's organization exists
-            if row["subject"] is None:
-                return RealmBadOutcome.USER_NOT_FOUND
-            if row["subject_profile"] == UserProfile.OUTSIDER.value and grant.role in (
-                RealmRole.OWNER,
-                RealmRole.MANAGER,
-            ):
-                return RealmBadOutcome.INCOMPATIBLE_PROFILE
-            if row["realm"] is None:
-                return RealmBadOutcome.REALM_NOT_FOUND
-            if row["in_maintenance"]:
-                return RealmBadOutcome.IN_MAINTENANCE
-            existing = _role(row["existing_role"])
-            if not can_change_role(_role(row["author_role"]), existing, grant.role):
-                return RealmBadOutcome.NOT_ALLOWED
-            if existing == grant.role:
-                return RealmBadOutcome.ALREADY_GRANTED
-            refused = check_role_timestamp(
-                grant.granted_on,
-                to_datetime(row["subject_latest"]),
-                to_datetime(row["author_latest"]),
+            refused = role_update_refused(
+                row, grant, to_datetime(row["subject_latest"]), to_datetime(row["author_latest"])
             )
             if refused is not None:
                 return refused

@@ -10,16 +10,15 @@ import sqlite3
 import uuid
 
 from parsec_server.api.codec import DateTime
-from parsec_server.api.ids import RealmRole, UserProfile, user_id_of
+from parsec_server.api.ids import RealmRole, user_id_of
 from parsec_server.backend.events import EventBus
 from parsec_server.backend.realm import BaseRealmComponent, RealmStats, RealmStatus
 from parsec_server.backend.realm_types import (
     NewMessage,
     RealmBadOutcome,
     RoleGrant,
-    can_change_role,
-    check_role_timestamp,
 )
+from parsec_server.backend.storage.rows import role_update_refused
 from parsec_server.backend.storage.sqlite.database import SQLiteDatabase
 from parsec_server.backend.storage.sqlite.message import append_messages
 from parsec_server.backend.storage.sqlite.utils import (
@@ -231,10 +230,6 @@ WHERE o.organization_id = ?1 AND u.user_id = ?2
 """
 
 
-def _role(value: str | None) -> RealmRole | None:
-    return None if value is None else RealmRole(value)
-
-
 def _create(
     conn: sqlite3.Connection, organization_id: str, grant: RoleGrant
 ) -> RealmBadOutcome | None:
@@ -315,24 +310,9 @@ def _update_roles(
         (organization_id, grant.realm_id.bytes, grant.user_id, user_id_of(grant.granted_by)),
     ).fetchone()
     assert row is not None  # the caller's organization exists
-    if row["subject"] is None:
-        return RealmBadOutcome.USER_NOT_FOUND
-    if row["subject_profile"] == UserProfile.OUTSIDER.value and grant.role in (
-        RealmRole.OWNER,
-        RealmRole.MANAGER,
-    ):
-        return RealmBadOutcome.INCOMPATIBLE_PROFILE
-    if row["realm"] is None:
-        return RealmBadOutcome.REALM_NOT_FOUND
-    if row["in_maintenance"]:
-        return RealmBadOutcome.IN_MAINTENANCE
-    existing = _role(row["existing_role"])
-    if not can_change_role(_role(row["author_role"]), existing, grant.role):
-        return RealmBadOutcome.NOT_ALLOWED
-    if existing == grant.role:
-        return RealmBadOutcome.ALREADY_GRANTED
-    refused = check_role_timestamp(
-        grant.granted_on,
+    refused = role_update_refused(
+        row,
+        grant,
         from_db_optional_timestamp(row["subject_latest"]),
         from_db_optional_timestamp(row["author_latest"]),
     )
