@@ -38,6 +38,20 @@ def sql_own_label_certificate(user: str) -> str:
     ) THEN {user}.user_certificate END"""
 
 
+# An invitation `i` with its greeter (`u`, `h`): the columns both storages read back
+SQL_INVITATION_COLUMNS = f"""
+    i.token, i.type, u.user_id AS greeter_user_id, h.email AS greeter_email,
+    h.label AS greeter_label,
+    {sql_own_label_certificate("u")} AS greeter_own_label_certificate,
+    i.claimer_email, i.created_on, i.deleted_on
+"""
+
+SQL_INVITATION_JOINS = """
+JOIN user_ u ON u._id = i.greeter
+LEFT JOIN human h ON h._id = u.human
+"""
+
+
 def human_handle_of(row: Row, prefix: str = "") -> HumanHandle | None:
     """The human handle of a row selecting `<prefix>email`, `<prefix>label` and
     `<prefix>own_label_certificate` (`sql_own_label_certificate`)."""

@@ -20,21 +20,10 @@ from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.organization import BaseOrganizationComponent
 from parsec_server.backend.storage.postgresql.utils import to_datetime
 from parsec_server.backend.storage.rows import (
+    SQL_INVITATION_COLUMNS,
+    SQL_INVITATION_JOINS,
     human_handle_of,
-    sql_own_label_certificate,
 )
-
-_INVITATION_COLUMNS = f"""
-    i.token, i.type, u.user_id AS greeter_user_id, h.email AS greeter_email,
-    h.label AS greeter_label,
-    {sql_own_label_certificate("u")} AS greeter_own_label_certificate,
-    i.claimer_email, i.created_on, i.deleted_on
-"""
-
-_INVITATION_JOINS = """
-JOIN user_ u ON u._id = i.greeter
-LEFT JOIN human h ON h._id = u.human
-"""
 
 _SQL_GREETER = """
 SELECT u._id AS greeter, o._id AS organization
@@ -46,8 +35,8 @@ WHERE o.organization_id = $1 AND u.user_id = $2
 _SQL_LOCK_GREETER = "SELECT 1 FROM user_ WHERE _id = $1 FOR UPDATE"
 
 _SQL_FIND_REUSABLE = f"""
-SELECT {_INVITATION_COLUMNS}
-FROM invitation i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS}
+FROM invitation i {SQL_INVITATION_JOINS}
 WHERE i.greeter = $1 AND i.type = $2 AND i.deleted_on IS NULL
     AND i.claimer_email IS NOT DISTINCT FROM $3
 ORDER BY i._id LIMIT 1
@@ -59,7 +48,7 @@ WITH i AS (
     VALUES ($1, $2, $3, $4, $5, $6)
     RETURNING *
 )
-SELECT {_INVITATION_COLUMNS} FROM i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS} FROM i {SQL_INVITATION_JOINS}
 """
 
 _SQL_DELETE = """
@@ -82,16 +71,16 @@ SELECT
 """
 
 _SQL_LIST = f"""
-SELECT {_INVITATION_COLUMNS}
-FROM invitation i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS}
+FROM invitation i {SQL_INVITATION_JOINS}
 JOIN organization o ON o._id = i.organization
 WHERE o.organization_id = $1 AND u.user_id = $2 AND i.deleted_on IS NULL
 ORDER BY i.created_on, i._id
 """
 
 _SQL_GET = f"""
-SELECT {_INVITATION_COLUMNS}
-FROM invitation i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS}
+FROM invitation i {SQL_INVITATION_JOINS}
 JOIN organization o ON o._id = i.organization
 WHERE o.organization_id = $1 AND i.token = $2
 """

@@ -19,7 +19,11 @@ from parsec_server.backend.invite import (
 from parsec_server.backend.invite_conduit import ConduitBadOutcome, ConduitSlots, ConduitState
 from parsec_server.backend.invite_email import InvitationMailer
 from parsec_server.backend.organization import BaseOrganizationComponent
-from parsec_server.backend.storage.rows import human_handle_of, sql_own_label_certificate
+from parsec_server.backend.storage.rows import (
+    SQL_INVITATION_COLUMNS,
+    SQL_INVITATION_JOINS,
+    human_handle_of,
+)
 from parsec_server.backend.storage.sqlite.database import SQLiteDatabase
 from parsec_server.backend.storage.sqlite.utils import (
     from_db_optional_timestamp,
@@ -30,18 +34,6 @@ from parsec_server.backend.storage.sqlite.utils import (
 
 T = TypeVar("T")
 
-_INVITATION_COLUMNS = f"""
-    i.token, i.type, u.user_id AS greeter_user_id, h.email AS greeter_email,
-    h.label AS greeter_label,
-    {sql_own_label_certificate("u")} AS greeter_own_label_certificate,
-    i.claimer_email, i.created_on, i.deleted_on
-"""
-
-_INVITATION_JOINS = """
-JOIN user_ u ON u._id = i.greeter
-LEFT JOIN human h ON h._id = u.human
-"""
-
 _SQL_GREETER = """
 SELECT u._id AS greeter, o._id AS organization
 FROM user_ u JOIN organization o ON o._id = u.organization
@@ -49,8 +41,8 @@ WHERE o.organization_id = ? AND u.user_id = ?
 """
 
 _SQL_FIND_REUSABLE = f"""
-SELECT {_INVITATION_COLUMNS}
-FROM invitation i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS}
+FROM invitation i {SQL_INVITATION_JOINS}
 WHERE i.greeter = ? AND i.type = ? AND i.deleted_on IS NULL AND i.claimer_email IS ?
 ORDER BY i._id LIMIT 1
 """
@@ -62,7 +54,7 @@ RETURNING _id
 """
 
 _SQL_GET_BY_ID = (
-    f"SELECT {_INVITATION_COLUMNS} FROM invitation i {_INVITATION_JOINS} WHERE i._id = ?"
+    f"SELECT {SQL_INVITATION_COLUMNS} FROM invitation i {SQL_INVITATION_JOINS} WHERE i._id = ?"
 )
 
 _SQL_FIND_TO_DELETE = """
@@ -76,16 +68,16 @@ WHERE o.organization_id = ? AND i.token = ? AND u.user_id = ?
 _SQL_DELETE = "UPDATE invitation SET deleted_on = ?, deleted_reason = ? WHERE _id = ?"
 
 _SQL_LIST = f"""
-SELECT {_INVITATION_COLUMNS}
-FROM invitation i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS}
+FROM invitation i {SQL_INVITATION_JOINS}
 JOIN organization o ON o._id = i.organization
 WHERE o.organization_id = ? AND u.user_id = ? AND i.deleted_on IS NULL
 ORDER BY i.created_on, i._id
 """
 
 _SQL_GET = f"""
-SELECT {_INVITATION_COLUMNS}
-FROM invitation i {_INVITATION_JOINS}
+SELECT {SQL_INVITATION_COLUMNS}
+FROM invitation i {SQL_INVITATION_JOINS}
 JOIN organization o ON o._id = i.organization
 WHERE o.organization_id = ? AND i.token = ?
 """
